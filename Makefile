@@ -1,0 +1,27 @@
+# Two entry points: `make demo` (set up, then run the main job) and `make test` (set up, then test).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: the CPU build on this machine's disk; later installs then keep it.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/evomerge demo
+
+# pytest exits 5 when it collects no test: not a failure of the code.
+test: $(STAMP)
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_forward.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,72 @@
+"""Batched greedy decoding with a KV cache, jit-compiled end to end (prefill + a scan of steps).
+
+Prompts are left-padded (as transformers recommends for decoder-only generation): every row's last
+prompt token sits in the last column, so every row's new tokens go to the same cache slots.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from .arch import ModelSpec
+from .model import decoder_layer, embed, make_context, positions_from_mask, sliding_flags, unembed
+
+
+def _run_layers(params, spec: ModelSpec, h, ctx, caches, cache_index):
+    def step(h, layer):
+        lp, is_sliding, k, v = layer
+        h, (k, v) = decoder_layer(lp, spec, h, ctx, is_sliding, (k, v), cache_index)
+        return h, (k, v)
+
+    return jax.lax.scan(step, h, (params["layers"], sliding_flags(spec), *caches))
+
+
+def _next_token(logits_bv, done_b, eos_ids: tuple[int, ...], pad_id: int):
+    token = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    token = jnp.where(done_b, pad_id, token)
+    is_eos = jnp.isin(token, jnp.asarray(eos_ids, jnp.int32)) if eos_ids else jnp.zeros_like(done_b)
+    return token, done_b | is_eos
+
+
+@partial(jax.jit, static_argnames=("spec", "max_new_tokens", "eos_ids", "pad_id"))
+def greedy_generate(params, spec: ModelSpec, tokens_bs, mask_bs, *, max_new_tokens: int,
+                    eos_ids: tuple[int, ...] = (), pad_id: int = 0):
+    """New tokens [B, max_new_tokens]; after a row emits an EOS id it continues with `pad_id`."""
+    b, s = tokens_bs.shape
+    total = s + max_new_tokens
+    dtype = params["embed"].dtype
+    cache_shape = (spec.num_layers, b, total, spec.num_kv_heads, spec.head_dim)
+    caches = (jnp.zeros(cache_shape, dtype), jnp.zeros(cache_shape, dtype))
+    key_valid = jnp.concatenate([mask_bs.astype(jnp.int32),
+                                 jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
+    positions = positions_from_mask(mask_bs)
+    index = jnp.broadcast_to(jnp.arange(s), (b, s))
+    ctx = make_context(spec, positions, key_valid, index)
+    h, caches = _run_layers(params, spec, embed(params, tokens_bs), ctx, caches, 0)
+    first, done = _next_token(unembed(params, spec, h[:, -1:])[:, 0], jnp.zeros(b, bool),
+                              eos_ids, pad_id)
+    last_pos = positions[:, -1]
+
+    def step(carry, i):
+        token, done, caches = carry
+        slot = s + i
+        ctx = make_context(spec, (last_pos + 1 + i)[:, None], key_valid,
+                           jnp.full((b, 1), slot))
+        h, caches = _run_layers(params, spec, embed(params, token[:, None]), ctx, caches, slot)
+        token, done = _next_token(unembed(params, spec, h)[:, 0], done, eos_ids, pad_id)
+        return (token, done, caches), token
+
+    _, rest = jax.lax.scan(step, (first, done, caches), jnp.arange(max_new_tokens - 1))
+    return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+def normalize_eos(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    if eos_token_id is None:
+        return ()
+    if isinstance(eos_token_id, int):
+        return (eos_token_id,)
+    return tuple(int(t) for t in eos_token_id)

@@ -1,0 +1,170 @@
+"""The decoder as pure functions over the parameter pytree of `arch`.
+
+`decoder_layer` is the unit everything else composes: the plain forward scans it over the stacked
+layer axis, the PS population pass vmaps it over candidates after merging, and the DFS pass applies
+it slot by slot. Numerics follow transformers: RMSNorm and softmax in float32, every matmul in the
+parameters' dtype.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .arch import ModelSpec, RopeSpec
+
+_ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def rope_inv_freq(rope: RopeSpec, head_dim: int) -> np.ndarray:
+    """Inverse frequencies [E/2] in float32, with linear or llama3 scaling (Llama 3.1 report)."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv = (np.float32(1.0) / (np.float32(rope.theta) ** exponent)).astype(np.float32)
+    if rope.kind == "linear":
+        inv = inv / np.float32(rope.factor)
+    elif rope.kind == "llama3":
+        old_len = rope.original_max_position_embeddings
+        low_wavelen = old_len / rope.low_freq_factor
+        high_wavelen = old_len / rope.high_freq_factor
+        wavelen = 2 * np.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / rope.factor, inv)
+        smooth = (old_len / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv
+
+
+def rope_tables(spec: ModelSpec, positions_bs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, S, E] for integer positions, in float32."""
+    inv = jnp.asarray(rope_inv_freq(spec.rope, spec.head_dim))
+    angles_bsf = positions_bs.astype(jnp.float32)[..., None] * inv
+    angles_bse = jnp.concatenate([angles_bsf, angles_bsf], axis=-1)
+    return jnp.cos(angles_bse), jnp.sin(angles_bse)
+
+
+def _rotate(x_bsne: jax.Array, cos_bse: jax.Array, sin_bse: jax.Array) -> jax.Array:
+    half = x_bsne.shape[-1] // 2
+    rotated = jnp.concatenate([-x_bsne[..., half:], x_bsne[..., :half]], axis=-1)
+    cos, sin = cos_bse[:, :, None, :].astype(x_bsne.dtype), sin_bse[:, :, None, :].astype(x_bsne.dtype)
+    return x_bsne * cos + rotated * sin
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight * normed.astype(x.dtype)
+
+
+def attention_bias(key_valid_bt: jax.Array, query_index_bs: jax.Array,
+                   window: int | None) -> jax.Array:
+    """Additive mask [B, 1, 1, S, T]: 0 where a query may see a key (valid, not in the future,
+    within the sliding window), the dtype's minimum elsewhere. Indices are cache slots."""
+    key_index_t = jnp.arange(key_valid_bt.shape[1])
+    q_bs1 = query_index_bs[:, :, None]
+    allowed = key_valid_bt[:, None, :].astype(bool) & (key_index_t[None, None, :] <= q_bs1)
+    if window is not None:
+        allowed = allowed & (q_bs1 - key_index_t[None, None, :] < window)
+    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :, :]
+
+
+class Context(NamedTuple):
+    """Per-call inputs shared by all layers: rotary tables and both mask variants."""
+
+    cos: jax.Array
+    sin: jax.Array
+    full_bias: jax.Array
+    sliding_bias: jax.Array
+
+
+def make_context(spec: ModelSpec, positions_bs, key_valid_bt, query_index_bs) -> Context:
+    cos, sin = rope_tables(spec, positions_bs)
+    full = attention_bias(key_valid_bt, query_index_bs, None)
+    sliding = (attention_bias(key_valid_bt, query_index_bs, spec.sliding_window)
+               if spec.sliding_window is not None else full)
+    return Context(cos, sin, full, sliding)
+
+
+def _linear(x, weight_oi, bias=None):
+    y = jnp.einsum("...i,oi->...o", x, weight_oi)
+    return y if bias is None else y + bias
+
+
+def decoder_layer(lp: dict, spec: ModelSpec, h_bsd: jax.Array, ctx: Context, is_sliding,
+                  cache: tuple[jax.Array, jax.Array] | None = None, cache_index=None):
+    """One pre-norm decoder layer. With a KV cache ([B, T, N, E] each), the new keys and values are
+    written at `cache_index` and attention runs over the whole cache; returns (h, cache)."""
+    b, s, _ = h_bsd.shape
+    n, e = spec.num_kv_heads, spec.head_dim
+    g = spec.num_heads // n
+    x = rms_norm(h_bsd, lp["attn_norm"], spec.rms_norm_eps)
+    q = _linear(x, lp["q_proj"], lp.get("q_bias")).reshape(b, s, n * g, e)
+    k = _linear(x, lp["k_proj"], lp.get("k_bias")).reshape(b, s, n, e)
+    v = _linear(x, lp["v_proj"], lp.get("v_bias")).reshape(b, s, n, e)
+    if "q_norm" in lp:  # Qwen3: per-head RMSNorm before the rotary embedding
+        q = rms_norm(q, lp["q_norm"], spec.rms_norm_eps)
+        k = rms_norm(k, lp["k_norm"], spec.rms_norm_eps)
+    q, k = _rotate(q, ctx.cos, ctx.sin), _rotate(k, ctx.cos, ctx.sin)
+    if cache is not None:
+        k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, cache_index, 0, 0))
+        v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, cache_index, 0, 0))
+        cache = (k, v)
+    q_bsnge = q.reshape(b, s, n, g, e)
+    scores = jnp.einsum("bsnge,btne->bngst", q_bsnge, k).astype(jnp.float32) * (e ** -0.5)
+    scores = scores + jnp.where(is_sliding, ctx.sliding_bias, ctx.full_bias)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    attn = jnp.einsum("bngst,btne->bsnge", probs, v).reshape(b, s, n * g * e)
+    h_bsd = h_bsd + _linear(attn, lp["o_proj"], lp.get("o_bias"))
+    x = rms_norm(h_bsd, lp["mlp_norm"], spec.rms_norm_eps)
+    act = _ACTIVATIONS[spec.hidden_act]
+    gated = act(_linear(x, lp["gate_proj"], lp.get("gate_bias"))) * _linear(
+        x, lp["up_proj"], lp.get("up_bias"))
+    return h_bsd + _linear(gated, lp["down_proj"], lp.get("down_bias")), cache
+
+
+def positions_from_mask(mask_bs: jax.Array) -> jax.Array:
+    """Position ids that make a padded row equal its unpadded self (left or right padding)."""
+    return jnp.maximum(jnp.cumsum(mask_bs.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def embed(params: dict, tokens_bs: jax.Array) -> jax.Array:
+    return jnp.take(params["embed"], tokens_bs, axis=0)
+
+
+def unembed(params: dict, spec: ModelSpec, h_bsd: jax.Array) -> jax.Array:
+    """Final norm and LM head; logits in float32."""
+    h = rms_norm(h_bsd, params["final_norm"], spec.rms_norm_eps)
+    head = params["embed"] if spec.tie_word_embeddings else params["lm_head"]
+    return jnp.einsum("bsd,vd->bsv", h, head).astype(jnp.float32)
+
+
+def sliding_flags(spec: ModelSpec) -> jax.Array:
+    return jnp.asarray(np.array(spec.sliding_layers, dtype=bool))
+
+
+def hidden_states(params: dict, spec: ModelSpec, tokens_bs, mask_bs) -> jax.Array:
+    """Embeddings through every layer (lax.scan over the stacked axis); before the final norm."""
+    positions = positions_from_mask(mask_bs)
+    index = jnp.broadcast_to(jnp.arange(tokens_bs.shape[1]), tokens_bs.shape)
+    ctx = make_context(spec, positions, mask_bs, index)
+
+    def step(h, layer):
+        lp, is_sliding = layer
+        return decoder_layer(lp, spec, h, ctx, is_sliding)[0], None
+
+    h, _ = jax.lax.scan(step, embed(params, tokens_bs), (params["layers"], sliding_flags(spec)))
+    return h
+
+
+def forward(params: dict, spec: ModelSpec, tokens_bs, mask_bs) -> jax.Array:
+    """Logits [B, S, V] (float32)."""
+    return unembed(params, spec, hidden_states(params, spec, tokens_bs, mask_bs))
