@@ -32,36 +32,52 @@ def _next_token(logits_bv, done_b, eos_ids: tuple[int, ...], pad_id: int):
     return token, done_b | is_eos
 
 
-@partial(jax.jit, static_argnames=("spec", "max_new_tokens", "eos_ids", "pad_id"))
-def greedy_generate(params, spec: ModelSpec, tokens_bs, mask_bs, *, max_new_tokens: int,
-                    eos_ids: tuple[int, ...] = (), pad_id: int = 0):
-    """New tokens [B, max_new_tokens]; after a row emits an EOS id it continues with `pad_id`."""
+def greedy_loop(embed_fn, layers_fn, unembed_fn, caches, tokens_bs, mask_bs, spec: ModelSpec, *,
+                max_new_tokens: int, eos_ids: tuple[int, ...] = (), pad_id: int = 0):
+    """Prefill and a scan of greedy steps over a model given as three functions, so that the plain
+    decoder and the population passes (which merge or route layers on the fly) share one loop.
+
+    embed_fn(tokens [..., B, S]) -> h [..., B, S, D]; layers_fn(h, ctx, caches, cache_index) ->
+    (h, caches); unembed_fn(h) -> logits [..., B, S, V]. Leading axes (a population) pass through;
+    the prompts, positions and masks are shared by all of them. Returns new tokens [..., B, new].
+    """
     b, s = tokens_bs.shape
-    total = s + max_new_tokens
-    dtype = params["embed"].dtype
-    cache_shape = (spec.num_layers, b, total, spec.num_kv_heads, spec.head_dim)
-    caches = (jnp.zeros(cache_shape, dtype), jnp.zeros(cache_shape, dtype))
     key_valid = jnp.concatenate([mask_bs.astype(jnp.int32),
                                  jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
     positions = positions_from_mask(mask_bs)
     index = jnp.broadcast_to(jnp.arange(s), (b, s))
     ctx = make_context(spec, positions, key_valid, index)
-    h, caches = _run_layers(params, spec, embed(params, tokens_bs), ctx, caches, 0)
-    first, done = _next_token(unembed(params, spec, h[:, -1:])[:, 0], jnp.zeros(b, bool),
-                              eos_ids, pad_id)
+    h, caches = layers_fn(embed_fn(tokens_bs), ctx, caches, 0)
+    logits = unembed_fn(h[..., -1:, :])[..., 0, :]
+    first, done = _next_token(logits, jnp.zeros(logits.shape[:-1], bool), eos_ids, pad_id)
     last_pos = positions[:, -1]
 
     def step(carry, i):
         token, done, caches = carry
         slot = s + i
-        ctx = make_context(spec, (last_pos + 1 + i)[:, None], key_valid,
-                           jnp.full((b, 1), slot))
-        h, caches = _run_layers(params, spec, embed(params, token[:, None]), ctx, caches, slot)
-        token, done = _next_token(unembed(params, spec, h)[:, 0], done, eos_ids, pad_id)
+        ctx = make_context(spec, (last_pos + 1 + i)[:, None], key_valid, jnp.full((b, 1), slot))
+        h, caches = layers_fn(embed_fn(token[..., None]), ctx, caches, slot)
+        token, done = _next_token(unembed_fn(h)[..., 0, :], done, eos_ids, pad_id)
         return (token, done, caches), token
 
     _, rest = jax.lax.scan(step, (first, done, caches), jnp.arange(max_new_tokens - 1))
-    return jnp.concatenate([first[:, None], rest.T], axis=1)
+    return jnp.concatenate([first[..., None], jnp.moveaxis(rest, 0, -1)], axis=-1)
+
+
+@partial(jax.jit, static_argnames=("spec", "max_new_tokens", "eos_ids", "pad_id"))
+def greedy_generate(params, spec: ModelSpec, tokens_bs, mask_bs, *, max_new_tokens: int,
+                    eos_ids: tuple[int, ...] = (), pad_id: int = 0):
+    """New tokens [B, max_new_tokens]; after a row emits an EOS id it continues with `pad_id`."""
+    b, s = tokens_bs.shape
+    dtype = params["embed"].dtype
+    cache_shape = (spec.num_layers, b, s + max_new_tokens, spec.num_kv_heads, spec.head_dim)
+    caches = (jnp.zeros(cache_shape, dtype), jnp.zeros(cache_shape, dtype))
+    return greedy_loop(
+        lambda t: embed(params, t),
+        lambda h, ctx, c, i: _run_layers(params, spec, h, ctx, c, i),
+        lambda h: unembed(params, spec, h),
+        caches, tokens_bs, mask_bs, spec, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+        pad_id=pad_id)
 
 
 def normalize_eos(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
