@@ -1,0 +1,134 @@
+"""Execute a `MergePlan` tensor by tensor into a Hugging Face model dir.
+
+For each output tensor only its inputs are read (`TensorReader`), rounded to the config's `dtype`
+when one is set, merged by `merge_tensor` in float32 and cast to the output dtype, then streamed
+into the safetensors shards. The dir is built beside OUT_DIR and renamed into place (`atomic_dir`),
+so an error leaves nothing behind and an existing dir untouched.
+
+Random methods draw from `fold_in(key(seed), stable hash of the output tensor name)`: a run is
+reproducible, and a tensor's draw does not depend on which other tensors the plan holds.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evomerge_jax.checkpoint import DTYPES, TensorReader, copy_tokenizer_files, output_config
+from evomerge_jax.fileio import atomic_dir, parse_size, write_safetensors_shards
+from evomerge_jax.merge.methods import merge_tensor
+from evomerge_jax.merge.task_arithmetic import PRESETS
+from evomerge_jax.merge.plan import MergePlan, TensorOp
+
+
+# Tensors this large merge as one compiled program (fused: ~2x faster than op by op on CPU, and
+# worth a compilation even when used once); smaller ones run op by op, where each operation's
+# compilation is shared by every tensor of that shape.
+_JIT_MIN_ELEMENTS = 1 << 23
+# Sparsifiers that threshold against a sorted-magnitude table (see `sparsify.magnitude_table`).
+_TABLE_SPARSIFIERS = ("magnitude", "magnitude_outliers")
+
+
+def tensor_key(seed: int, name: str) -> jax.Array:
+    """The PRNG key of one output tensor: independent of the process and of the other tensors."""
+    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") & 0x7FFFFFFF
+    return jax.random.fold_in(jax.random.key(seed), digest)
+
+
+@contextmanager
+def _progress(total: int, quiet: bool) -> Iterator:
+    """A rich progress bar over tensors on stderr, off when quiet or not a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("merging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.description}"), console=console,
+                  disable=quiet or not console.is_terminal, transient=True) as bar:
+        task = bar.add_task("", total=total)
+        yield lambda name: bar.update(task, advance=1, description=name)
+
+
+def _read(readers: dict[Path, TensorReader], plan: MergePlan, ref) -> np.ndarray:
+    cast = DTYPES[plan.read_dtype] if plan.read_dtype else None
+    return readers[ref.model].read(ref.tensor, cast)
+
+
+def _magnitude_tables(method: str, base: np.ndarray | None, sources_k: np.ndarray) -> dict:
+    """The sorted |X_k − B| tables that TIES-style trimming thresholds against, sorted by numpy:
+    XLA's CPU sort is ~20x slower on large tensors (13 s vs 0.7 s for 24.6M floats)."""
+    preset = PRESETS.get(method)
+    if preset is None or preset.sparsifier not in _TABLE_SPARSIFIERS or base is None:
+        return {}
+    table_kn = (sources_k - base[None]).reshape(len(sources_k), -1)
+    np.negative(np.abs(table_kn, out=table_kn), out=table_kn)
+    table_kn.sort(axis=1)  # ascending -|δ| is descending |δ|, and stays contiguous
+    return {"magnitude_tables_kn": np.negative(table_kn, out=table_kn)}
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(method: str, params: tuple, options: tuple):
+    """`merge_tensor` as one XLA program; parameters stay Python constants (concrete), so counts
+    such as int(d·n) are exactly those of the op-by-op path."""
+    def merge(base, sources_k, key, extra):
+        return merge_tensor(method, base, sources_k, dict(params), key, **dict(options), **extra)
+    return jax.jit(merge)
+
+
+def _to_device(arrays: dict) -> dict:
+    """numpy -> jax one array at a time, freeing each numpy copy as soon as it is transferred."""
+    return {name: jnp.asarray(arrays.pop(name)) for name in list(arrays)}
+
+
+def merge_op(plan: MergePlan, op: TensorOp, seed: int) -> np.ndarray:
+    """One output tensor, in the plan's output dtype. Holds the K + 1 inputs of this tensor only:
+    the model files are opened for this tensor and closed after it, so that their mapped pages
+    do not pile up in memory over the run."""
+    refs = ([op.base] if op.base else []) + list(op.sources)
+    readers = {ref.model: TensorReader(ref.model) for ref in refs}
+    base = None if op.base is None else np.asarray(_read(readers, plan, op.base), np.float32)
+    shape = readers[refs[0].model].shape(refs[0].tensor)
+    sources_k = np.empty((len(op.sources),) + shape, np.float32)
+    for k, ref in enumerate(op.sources):
+        sources_k[k] = _read(readers, plan, ref)
+    del readers
+    key = tensor_key(seed, op.name) if plan.method.random else None
+    tables = _magnitude_tables(plan.method.name, base, sources_k)
+    if np.prod(shape) >= _JIT_MIN_ELEMENTS:
+        arrays = {"sources_k": sources_k, **tables, **({} if base is None else {"base": base})}
+        del base, sources_k, tables
+        inputs = _to_device(arrays)
+        merge = _compiled(plan.method.name, tuple(sorted(op.params.items())),
+                          tuple(sorted(op.options.items())))
+        merged = merge(inputs.pop("base", None), inputs.pop("sources_k"), key, inputs)
+    else:
+        merged = merge_tensor(plan.method.name, base, sources_k, op.params, key, **op.options,
+                              **tables)
+    return np.asarray(merged).astype(jnp.dtype(plan.out_dtype), copy=False)
+
+
+def run_plan(plan: MergePlan, out_dir: str | Path, *, seed: int = 0, shard_size: int | str = "5GB",
+             overwrite: bool = False, quiet: bool = False) -> Path:
+    """Write the merged model to `out_dir`: shards, config.json, tokenizer files, and the config
+    it ran as mergekit_config.yml (as mergekit does)."""
+    limit = parse_size(shard_size)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, _progress(len(plan.ops), quiet) as advance:
+        def tensors():
+            for op in plan.ops:
+                yield op.name, merge_op(plan, op, seed)
+                advance(op.name)
+
+        write_safetensors_shards(tensors(), tmp, limit)
+        cfg = output_config(dict(plan.hf_config), plan.spec, jnp.dtype(plan.out_dtype))
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        copy_tokenizer_files(plan.tokenizer_dir, tmp)
+        (tmp / "mergekit_config.yml").write_text(plan.text)
+    return Path(out_dir)
