@@ -41,6 +41,17 @@ def test_magnitude_mask_equals_full_sort_topk(shape):
         np.testing.assert_array_equal(magnitude_mask(delta, density, table), expected)
 
 
+def test_magnitude_mask_keeps_exactly_k_when_magnitudes_tie():
+    """Integer-valued deltas tie everywhere; top-k still keeps exactly int(d*n) elements, all at
+    least as large as every dropped one."""
+    delta = jnp.asarray(np.random.default_rng(3).integers(-4, 5, size=(30, 17)), jnp.float32)
+    for density in (0.05, 0.3, 0.5, 0.77):
+        mask = np.asarray(magnitude_mask(delta, density))
+        k = int(density * delta.size)
+        assert mask.sum() == k
+        assert np.abs(delta)[mask].min() >= np.abs(delta)[~mask].max()
+
+
 def test_magnitude_mask_vmapped_over_16_densities_equals_16_calls():
     delta = _delta()
     table = magnitude_table(delta)

@@ -9,9 +9,10 @@
 
 Fast trimming (DESIGN §3.2): the magnitude and breadcrumbs masks are a compare against thresholds
 gathered from `magnitude_table(δ)`, the sorted magnitudes computed once per source tensor, so any
-number of candidate densities costs one sort. The result equals a full top-k except where several
-elements share the threshold magnitude: all of them are kept, where top-k would keep an arbitrary
-subset (mergekit's own choice among ties is torch's, not specified).
+number of candidate densities costs one sort. The magnitude mask keeps exactly k elements, like a
+full top-k; where several elements share the threshold magnitude it keeps the first ones in flat
+order, while torch's top-k (mergekit) picks an unspecified subset, so single elements may differ.
+The breadcrumbs band keeps every element tied at its two thresholds.
 
 Densities may be traced scalars (jit/vmap over a population). int(d·n) is evaluated in the
 precision of d: a Python float or float64 d gives mergekit's count exactly (it multiplies Python
@@ -70,7 +71,15 @@ def magnitude_mask(delta: jax.Array, density, table: jax.Array | None = None) ->
     n = delta.size
     count = jnp.maximum(keep_count(density, n), 1)  # k >= 1 whenever d > 0
     threshold = sorted_value_at(table_n, count - 1)
-    return (jnp.abs(delta) >= threshold) & (jnp.asarray(density) > 0)
+    magnitude = jnp.abs(delta)
+    above = magnitude > threshold
+    # Several elements may share the threshold magnitude (common in bf16, and in float32 tensors
+    # of millions of elements). Keep exactly k, as top-k does: the tied elements first in flat
+    # order fill the remaining places. A cumulative sum, not a sort.
+    tied = magnitude == threshold
+    places = count - jnp.sum(above)
+    tied_rank = jnp.cumsum(tied.ravel()).reshape(delta.shape)
+    return (above | (tied & (tied_rank <= places))) & (jnp.asarray(density) > 0)
 
 
 def outlier_mask(delta: jax.Array, density, gamma, table: jax.Array | None = None) -> jax.Array:
