@@ -46,6 +46,12 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evomerge", description="Evolutionary model merging in JAX: merge, evolve, export.")
@@ -69,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", action="append", choices=("fitness", "validation", "test"),
                           help="split(s) to score (default: validation and test)")
     evaluate.set_defaults(func=_cmd_eval)
+    demo = sub.add_parser("demo", help="the main job: build the demo zoo, evolve merges, compare")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"),
+                      help="output dir (the zoo is built or reused under OUT/zoo)")
+    demo.add_argument("--quick", action="store_true", help="quick zoo and tiny searches (smoke run)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the zoo (default 0)")
+    demo.set_defaults(func=_cmd_demo)
     merge = sub.add_parser(
         "merge", help="merge models from a mergekit-style YAML config into a Hugging Face dir",
         description="Merge models as a mergekit YAML config describes (model paths are local "

@@ -20,3 +20,10 @@ def tiny_dirs(tmp_path_factory):
         model = make_model(family, seed=i)
         out[family] = (model, save_model(model, root / family))
     return out
+
+
+@pytest.fixture(scope="session")
+def evolve_world(tmp_path_factory):
+    """A base model, two noisy fine-tunes of it, a tokenizer and task files (tests/evolve_world)."""
+    from evolve_world import make_world
+    return make_world(tmp_path_factory.mktemp("evolve"))

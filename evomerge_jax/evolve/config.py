@@ -1,0 +1,301 @@
+"""The evolve config: a YAML file validated into frozen pydantic models when loaded.
+
+Every default lives here. Paths are resolved against the config file's folder. Checks that need no
+file beyond the YAML (names, bounds, which parameters a method has) run in `load_config`; checks
+that read the model dirs and task files run in `run.prepare_run`, still before any compute.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from ..errors import ConfigError
+from ..merge.task_arithmetic import PRESETS
+
+SEARCHES = ("ps", "dfs", "ps+dfs")
+IMPLEMENTED_SEARCHES = SEARCHES
+# Parameter-space bounds [low, high] used when the config gives none.
+DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.0, 1.0), "gamma": (0.0, 0.5),
+                  "epsilon": (0.0, 0.5), "lambda": (0.0, 2.0)}
+DEFAULT_SIGMA = 1.0 / 6.0  # Akiba et al. 2025, PS: CMA-ES mean 0.5, sigma 1/6 over [0, 1]
+_SPLITS = ("fitness", "validation", "test")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def method_parameters(method: str) -> dict[str, str]:
+    """Parameters a task-vector method actually uses -> "per_source" or "global" (numeric only;
+    the boolean switches normalize/rescale can be fixed but not evolved). The registry lists
+    density, gamma and epsilon for every preset; here a parameter counts only when the preset's
+    sparsifier reads it, so that evolving `density` under task_arithmetic is an error."""
+    sparsifier = PRESETS[method].sparsifier
+    used = {"weight": "per_source", "lambda": "global"}
+    if sparsifier is not None:
+        used["density"] = "per_source"
+    if sparsifier == "magnitude_outliers":
+        used["gamma"] = "per_source"
+    if sparsifier == "della_magprune":
+        used["epsilon"] = "per_source"
+    return used
+
+
+class MergeSection(_Strict):
+    method: str = "dare_ties"
+    evolve: tuple[str, ...] = ("weight", "density")
+    parameters: dict[str, float | bool] = Field(default_factory=dict)
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    rescale_rule: Literal["l1", "inverse_density"] = "l1"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.method not in PRESETS:
+            raise ValueError(f"merge method {self.method!r} is not a task-vector method; "
+                             f"parameter-space evolution supports: {', '.join(PRESETS)}")
+        used = method_parameters(self.method)
+        switches = ("normalize", "rescale", "int8_mask")
+        if not self.evolve:
+            raise ValueError("merge.evolve is empty: list the parameters to evolve (e.g. weight)")
+        for name in self.evolve:
+            if name in switches:
+                raise ValueError(f"{name!r} is a boolean switch and cannot be evolved; fix it under "
+                                 "merge.parameters")
+            if name not in used:
+                raise ValueError(f"merge method {self.method!r} has no parameter {name!r} to "
+                                 f"evolve; it evolves: {', '.join(used)}")
+        if len(set(self.evolve)) != len(self.evolve):
+            raise ValueError(f"merge.evolve lists a parameter twice: {list(self.evolve)}")
+        for name, value in self.parameters.items():
+            if name in self.evolve:
+                raise ValueError(f"{name!r} is both evolved and fixed in merge.parameters")
+            if name not in used and name not in switches:
+                raise ValueError(f"merge method {self.method!r} has no parameter {name!r}; "
+                                 f"known: {', '.join([*used, *switches])}")
+            if (name in switches) != isinstance(value, bool):
+                raise ValueError(f"merge.parameters.{name} must be "
+                                 f"{'true or false' if name in switches else 'a number'}")
+        for name, (low, high) in self.bounds.items():
+            if name not in self.evolve:
+                raise ValueError(f"merge.bounds.{name}: {name!r} is not evolved")
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"merge.bounds.{name}: need finite low < high, got [{low}, {high}]")
+        return self
+
+    def bounds_of(self, name: str) -> tuple[float, float]:
+        return tuple(self.bounds.get(name, DEFAULT_BOUNDS[name]))
+
+
+class GroupingSection(_Strict):
+    layers: Literal["all", "per_layer"] | PositiveInt = "all"
+    split_attn_mlp: bool = False
+    globals: Literal["own", "nearest"] = "own"
+
+    def layers_per_group(self, num_layers: int) -> int:
+        if self.layers == "all":
+            return num_layers
+        return 1 if self.layers == "per_layer" else min(int(self.layers), num_layers)
+
+
+class StrategySection(_Strict):
+    name: str = "CMA_ES"
+    population_size: PositiveInt | None = None
+    generations: PositiveInt = 100
+    mean: float = 0.5
+    sigma: float = Field(DEFAULT_SIGMA, gt=0)
+    seed: int = 0
+    params: dict[str, float | int | bool] = Field(default_factory=dict)
+    options: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self):
+        from evosax.algorithms import algorithms
+
+        if self.name not in algorithms:
+            raise ValueError(f"unknown evosax algorithm {self.name!r}; choose one of "
+                             f"{', '.join(sorted(algorithms, key=str.lower))}")
+        if self.population_size == 1:
+            raise ValueError("population_size must be at least 2")
+        return self
+
+    def population_for(self, num_dims: int) -> int:
+        """The configured size, else CMA-ES's default 4 + floor(3 ln D) (Hansen 2016, Table 1)."""
+        return self.population_size or 4 + int(math.floor(3 * math.log(num_dims)))
+
+
+# The paper's DFS stage (Akiba et al. 2025, section 3.2): CMA-ES, population 128, 100 generations.
+DFS_STRATEGY = StrategySection(name="CMA_ES", population_size=128, generations=100)
+
+
+class DFSSection(_Strict):
+    """Data-flow-space search (see evolve/dfs_search.py): a path through models A and B's layers
+    repeated r times. `search: dfs`: A and B default to the first two `models`; `search: ps+dfs`:
+    A is the PS stage's result (not configurable) and B defaults to the first of `models`."""
+
+    a: Path | None = None
+    b: Path | None = None
+    repeats: int = 3
+    fix_ends: bool = True
+    scale_mode: Literal["matrix", "mlp"] = "matrix"
+    mlp_hidden: PositiveInt = 16
+    entry_scale: float = 1.0
+    evolve_entry_scale: bool = False
+    strategy: StrategySection | None = None  # ps+dfs only: the DFS stage (default DFS_STRATEGY)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.repeats < 1:
+            raise ValueError(f"dfs.repeats (r) must be at least 1, got {self.repeats}")
+        if not math.isfinite(self.entry_scale) or self.entry_scale == 0:
+            raise ValueError(f"dfs.entry_scale must be finite and non-zero, got {self.entry_scale}")
+        return self
+
+
+class SplitFiles(_Strict):
+    fitness: Path
+    validation: Path
+    test: Path
+
+
+# Task keys that only some task types read; giving one to another type is an error.
+TYPE_KEYS = {
+    "exact_match": {"target", "append_eos"},
+    "generate": {"target", "max_new_tokens", "stop", "answer_regex", "compare"},
+    "choice": {"choices", "label", "metric"},
+    "perplexity": {"target"},
+}
+
+
+class TaskSection(_Strict):
+    name: str
+    type: Literal["exact_match", "generate", "choice", "perplexity"]
+    data: SplitFiles
+    prompt: str
+    weight: float = 1.0
+    batch_size: PositiveInt = 32
+    target: str = ""
+    append_eos: bool = True
+    max_new_tokens: PositiveInt = 64
+    stop: tuple[str, ...] = ()
+    answer_regex: str = r"-?\d+(?:\.\d+)?"
+    compare: Literal["numeric", "string"] = "numeric"
+    choices: str = "choices"
+    label: str = "label"
+    metric: Literal["acc", "acc_norm"] = "acc"
+
+    @model_validator(mode="after")
+    def _check(self):
+        common = {"name", "type", "data", "prompt", "weight", "batch_size"}
+        stray = sorted(self.model_fields_set - common - TYPE_KEYS[self.type])
+        if stray:
+            raise ValueError(f"task {self.name!r}: key(s) {', '.join(stray)} do not apply to type "
+                             f"{self.type!r} (it reads: {', '.join(sorted(TYPE_KEYS[self.type]))})")
+        if self.type in ("exact_match", "generate") and "target" not in self.model_fields_set:
+            raise ValueError(f"task {self.name!r}: type {self.type!r} needs a target template")
+        if self.type == "perplexity" and not (self.target or self.prompt):
+            raise ValueError(f"task {self.name!r}: perplexity needs a prompt or target template")
+        return self
+
+
+class ComputeSection(_Strict):
+    memory_budget: str | None = None
+    chunk_size: PositiveInt | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    prng: Literal["hash", "threefry"] = "hash"
+
+
+class EvolveConfig(_Strict):
+    search: Literal["ps", "dfs", "ps+dfs"] = "ps"
+    base_model: Path
+    models: tuple[Path, ...] = Field(min_length=1)
+    tokenizer: Path | None = None
+    merge: MergeSection = MergeSection()
+    grouping: GroupingSection = GroupingSection()
+    strategy: StrategySection = StrategySection()
+    tasks: tuple[TaskSection, ...] = Field(min_length=1)
+    compute: ComputeSection = ComputeSection()
+    dfs: DFSSection | None = None
+    output_dir: Path
+    baselines: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        if all(t.weight == 0 for t in self.tasks):
+            raise ValueError("every task has weight 0: nothing to optimise")
+        dfs = self.dfs or DFSSection()
+        if self.search == "ps" and self.dfs is not None:
+            raise ValueError("the dfs section applies to search dfs or ps+dfs, not ps")
+        if self.search == "dfs":
+            if dfs.strategy is not None:
+                raise ValueError("dfs.strategy is for the DFS stage of ps+dfs; search dfs uses "
+                                 "the top-level strategy")
+            if len(self.models) < (dfs.a is None) + (dfs.b is None):
+                raise ValueError("search dfs needs models A and B: give dfs.a and dfs.b or at "
+                                 "least two models")
+        if self.search == "ps+dfs" and dfs.a is not None:
+            raise ValueError("dfs.a cannot be set under ps+dfs: model A is the PS stage's result")
+        return self
+
+
+def _resolve(cfg: EvolveConfig, root: Path) -> EvolveConfig:
+    def fix(path: Path | None) -> Path | None:
+        return None if path is None else (path if path.is_absolute() else root / path)
+
+    tasks = tuple(t.model_copy(update={"data": SplitFiles(**{s: fix(getattr(t.data, s))
+                                                             for s in _SPLITS})})
+                  for t in cfg.tasks)
+    return cfg.model_copy(update=dict(
+        base_model=fix(cfg.base_model), models=tuple(fix(m) for m in cfg.models),
+        tokenizer=fix(cfg.tokenizer), output_dir=fix(cfg.output_dir), tasks=tasks,
+        **({"dfs": cfg.dfs.model_copy(update={k: fix(getattr(cfg.dfs, k)) for k in ("a", "b")
+                                              if getattr(cfg.dfs, k) is not None})}
+           if cfg.dfs is not None else {})))
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def parse_config(data: object, where: str = "<config>", root: Path | None = None) -> EvolveConfig:
+    """Validate a parsed YAML mapping; `where` names it in errors, `root` anchors relative paths."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    try:
+        cfg = EvolveConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_one_line(exc)}") from None
+    if cfg.search not in IMPLEMENTED_SEARCHES:
+        raise ConfigError(f"{where}: search {cfg.search!r} is not implemented yet "
+                          f"(implemented: {', '.join(IMPLEMENTED_SEARCHES)})")
+    return _resolve(cfg, root or Path.cwd())
+
+
+def load_config(path: str | Path) -> EvolveConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
+    return parse_config(data, str(path), path.resolve().parent)
+
+
+def dump_config(cfg: EvolveConfig) -> str:
+    """The validated config as YAML (paths absolute), saved in the run dir for export and resume."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False)

@@ -1,0 +1,237 @@
+"""Data-flow-space search (Akiba et al. 2025, section 3.2) as a `Search` (see `search.py`), and the
+two-stage `ps+dfs` run.
+
+DFS. The genome is a path through the layers of models A and B repeated r times (`dfs/genome.py`):
+indicator genes pick the used slots, a scale matrix W (or a small MLP) the scale of the hidden
+state entering each used layer. `DFSModel` is a population model (the interface of
+`population.py`) over the source stack (`dfs/stack.py`: A's embeddings and head, layers [M, ...]):
+all P candidates run in one scan over the usable slots (`dfs.population_hidden`,
+`dfs.population_generate`); the candidates' merge keys are unused (a path has no randomness). The
+best path is exported folded into a plain checkpoint of A's architecture (`dfs.save_path_model`).
+
+ps+dfs. One run in RUN_DIR: the PS stage is an ordinary run in RUN_DIR/ps (config.yml, log,
+checkpoints, results.json), its best exported to RUN_DIR/ps/model; the DFS stage is an ordinary
+DFS run in RUN_DIR/dfs with A = RUN_DIR/ps/model and B = `dfs.b` (default: the first of `models`),
+under `dfs.strategy` (default: the paper's CMA-ES, population 128, 100 generations). `--resume`
+continues whichever stage was interrupted; a finished PS stage (results.json and model/ present)
+is not rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+
+from ..arch import ModelSpec
+from ..checkpoint import TensorReader, load, read_config
+from ..dfs import (PathSpec, check_compatible, decode, decode_path, initial_genome,
+                   population_generate, population_hidden, save_path_model, stack_sources)
+from ..fileio import atomic_write_text
+from ..model import unembed
+from .config import DFS_STRATEGY, DFSSection, EvolveConfig, dump_config
+from .strategy import build_strategy
+from .tasks import load_tasks, load_tokenizer
+
+_MLP_STREAM = 3  # fold-in tag of the MLP scale net's initial weights (scale_mode: mlp)
+_GENERIC_NAMES = ("A", "B")  # the compiled pass's names: runs over other dirs reuse its code
+
+
+def dfs_sources(cfg: EvolveConfig) -> tuple[Path, Path]:
+    """(A, B) of a `search: dfs` config: dfs.a / dfs.b, else the first of `models` in order."""
+    dfs = cfg.dfs or DFSSection()
+    models = list(cfg.models)
+    a = dfs.a if dfs.a is not None else models.pop(0)
+    b = dfs.b if dfs.b is not None else models.pop(0)
+    return Path(a), Path(b)
+
+
+def check_dfs_models(a: Path, b: Path, dfs: DFSSection) -> tuple[PathSpec, dict]:
+    """Configs and safetensors headers only (no tensor data): A and B must share one layer
+    architecture (hidden size, vocabulary, ...; `dfs.check_compatible`) and the path must be
+    non-empty. Returns (path spec, A's HF config)."""
+    _, a_cfg, a_spec = read_config(a)
+    _, _, b_spec = read_config(b)
+    names = (str(a), str(b))
+    check_compatible([SimpleNamespace(spec=a_spec), SimpleNamespace(spec=b_spec)], names)
+    for path in (a, b):
+        TensorReader(path).check()
+    spec = PathSpec(source_names=names, source_layers=(a_spec.num_layers, b_spec.num_layers),
+                    repeats=dfs.repeats, fix_ends=dfs.fix_ends, scale_mode=dfs.scale_mode,
+                    mlp_hidden=dfs.mlp_hidden, entry_scale=dfs.entry_scale,
+                    evolve_entry_scale=dfs.evolve_entry_scale)
+    return spec, a_cfg
+
+
+@dataclass(frozen=True)
+class DFSModel:
+    """The DFS population pass (hashable: a jit static argument). `spec` is the stack's (M
+    layers); `global_batch` is the candidates per step of the LM-head map."""
+
+    spec: ModelSpec
+    path_spec: PathSpec
+    global_batch: int = 1
+
+    def candidates(self, genomes_pd, keys_p2):
+        return {"genomes": genomes_pd}
+
+    def hidden(self, weights, cand, tokens_bs, mask_bs):
+        return population_hidden(weights, self.spec, self.path_spec, cand["genomes"], tokens_bs,
+                                 mask_bs)
+
+    def head_map(self, weights, cand, h_pbsd, fn):
+        return jax.lax.map(lambda h_bsd: fn(unembed(weights, self.spec, h_bsd)), h_pbsd,
+                           batch_size=self.global_batch)
+
+    def generate(self, weights, cand, tokens_bs, mask_bs, *, max_new_tokens: int,
+                 eos_ids: tuple[int, ...], pad_id: int):
+        return population_generate(weights, self.spec, self.path_spec, cand["genomes"], tokens_bs,
+                                   mask_bs, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                                   pad_id=pad_id)
+
+    def memory(self, rows: int, seq: int, new_tokens: int = 0) -> tuple[int, int]:
+        """Estimated bytes per candidate (activations of one slot, attention scores, the hidden
+        state carried through the scan, one KV cache per usable slot when generating) and per
+        candidate of the head map (logits and their temporaries). No weights are per candidate."""
+        spec = self.spec
+        lo, hi = self.path_spec.window
+        total = seq + new_tokens
+        act = rows * total * (8 * spec.hidden_size + 3 * spec.intermediate_size) * 4
+        scores = rows * spec.num_heads * total * (seq if new_tokens == 0 else 1) * 4 * 2
+        per_candidate = act + scores
+        if new_tokens:
+            per_candidate += (2 * (hi - lo) * rows * total * spec.num_kv_heads * spec.head_dim * 4
+                              + rows * spec.vocab_size * 4 * 3)
+        return per_candidate, rows * max(seq, 1) * spec.vocab_size * 4 * 3
+
+
+class DFSSearch:
+    """The `Search` of data-flow-space evolution over sources (A, B)."""
+
+    kind = "dfs"
+
+    def __init__(self, cfg, sources: tuple[Path, Path], path_spec: PathSpec):
+        self.cfg, self.sources, self.path_spec = cfg, tuple(sources), path_spec
+        self.dtype = cfg.compute.dtype or TensorReader(sources[0]).dtype(
+            "model.embed_tokens.weight")
+        self.model = None    # DFSModel, after `load()` (it needs the stack's spec)
+        self.weights = None  # the stack's params, after `load()`
+        self.stack = None
+
+    @property
+    def num_dims(self) -> int:
+        return self.path_spec.num_genes
+
+    def load(self):
+        ckpts = [load(path, self.dtype) for path in self.sources]
+        self.stack = stack_sources(ckpts, self.path_spec.source_names)
+        del ckpts
+        self.weights = self.stack.params
+        generic = dataclasses.replace(self.path_spec, source_names=_GENERIC_NAMES[:2])
+        self.model = DFSModel(self.stack.spec, generic)
+        return self
+
+    def initial_mean(self) -> np.ndarray:
+        """The paper's start: indicators 0 except A's first-repetition layers at 2σ, W = 1."""
+        key = jax.random.fold_in(jax.random.key(self.cfg.strategy.seed), _MLP_STREAM)
+        return np.asarray(initial_genome(self.path_spec, self.cfg.strategy.sigma, key),
+                          np.float32)
+
+    def clip(self, genomes):
+        """Every real genome is a valid path: nothing to clip."""
+        return np.asarray(genomes, np.float32), 0
+
+    def describe(self, genome) -> dict:
+        """The path: per usable slot, used (0/1) and the scale entering it (0 where unused), as
+        the recipe heatmap reads them; "path" is the path.json document of the decoded path."""
+        spec = self.path_spec
+        genome = np.asarray(genome, np.float32)
+        decoded = decode(spec, genome)
+        used, scale = np.asarray(decoded.used_t), np.asarray(decoded.scale_t)
+        lo, hi = spec.window
+        bounds = np.cumsum((0,) + spec.source_layers)
+        labels = []
+        for t in range(lo, hi):
+            layer = int(spec.slot_layers[t])
+            src = int(np.searchsorted(bounds, layer, side="right") - 1)
+            labels.append(f"slot {t}: {'AB'[src] if src < 2 else src} layer {layer - bounds[src]}")
+        return {"groups": labels, "sources": [str(s) for s in self.sources],
+                "values": {"used": used[lo:hi].astype(np.float64).tolist(),
+                           "scale": np.round(np.where(used, scale, 0.0)[lo:hi].astype(np.float64),
+                                             6).tolist()},
+                "path": json.loads(decode_path(spec, genome).to_json())}
+
+    def export(self, genome, key_data, out_dir, *, overwrite=False, note: str = "") -> Path:
+        """The path folded into a plain checkpoint of A's architecture (+ path.json, path.png)."""
+        if self.stack is None:
+            self.load()
+        path = decode_path(self.path_spec, np.asarray(genome, np.float32))
+        return save_path_model(self.stack, path, out_dir, overwrite=overwrite,
+                               tokenizer_from=self.cfg.tokenizer)
+
+
+def dfs_search_for(cfg: EvolveConfig) -> DFSSearch:
+    """The search of a `search: dfs` config, checked, no weights loaded (for export)."""
+    a, b = dfs_sources(cfg)
+    return DFSSearch(cfg, (a, b), check_dfs_models(a, b, cfg.dfs or DFSSection())[0])
+
+
+def prepare_dfs(cfg: EvolveConfig, log=print, a_stand_in: Path | None = None):
+    """`run.prepare` for `search: dfs`: (search, tasks, tokenizer, strategy), no weights loaded.
+    `a_stand_in` replaces A for the checks (ps+dfs: the base model stands for the PS result)."""
+    a, b = dfs_sources(cfg)
+    a = a_stand_in or a
+    path_spec, hf_config = check_dfs_models(a, b, cfg.dfs or DFSSection())
+    tokenizer = load_tokenizer(cfg.tokenizer or a)
+    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
+    search = DFSSearch(cfg, (a, b), path_spec)
+    strategy = build_strategy(cfg.strategy, search.num_dims)
+    return search, tasks, tokenizer, strategy
+
+
+def stage_configs(cfg: EvolveConfig) -> tuple[EvolveConfig, EvolveConfig]:
+    """The two stages of a ps+dfs config as ordinary configs (PS in RUN_DIR/ps; DFS in
+    RUN_DIR/dfs with A = RUN_DIR/ps/model, under dfs.strategy)."""
+    data = cfg.model_dump(mode="json", exclude_unset=True)
+    dfs = dict(data.pop("dfs", None) or {})
+    run_dir = Path(cfg.output_dir)
+    ps = EvolveConfig.model_validate({**data, "search": "ps", "output_dir": str(run_dir / "ps")})
+    strategy = dfs.pop("strategy", None) or DFS_STRATEGY.model_dump(mode="json",
+                                                                    exclude_unset=True)
+    dfs.update(a=str(run_dir / "ps" / "model"), b=dfs.get("b") or str(cfg.models[0]))
+    stage = {**data, "search": "dfs", "output_dir": str(run_dir / "dfs"), "strategy": strategy,
+             "dfs": dfs}
+    return ps, EvolveConfig.model_validate(stage)
+
+
+def evolve_ps_dfs(cfg: EvolveConfig, *, resume: bool = False, overwrite: bool = False, **kwargs):
+    """Run (or resume) both stages; returns the DFS stage's results with the PS best under "ps"
+    (also written to RUN_DIR/results.json). `kwargs`: those of `run.evolve_config`."""
+    from .run import _check_run_dir, evolve_config, export_run, prepare
+
+    log = kwargs.get("log", print)
+    ps_cfg, dfs_cfg = stage_configs(cfg)
+    prepare(ps_cfg, log)  # every check of both stages before any compute
+    prepare_dfs(dfs_cfg, log, a_stand_in=Path(cfg.base_model))
+    run_dir = _check_run_dir(cfg, resume, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yml", dump_config(cfg))
+    ps_dir, model_dir = Path(ps_cfg.output_dir), Path(dfs_cfg.dfs.a)
+    if (ps_dir / "results.json").is_file():
+        log(f"PS stage finished earlier ({ps_dir}); not rerun")
+    else:
+        evolve_config(ps_cfg, resume=resume and (ps_dir / "config.yml").is_file(),
+                      **{**kwargs, "export": False})
+    if not (model_dir / "config.json").is_file():
+        export_run(ps_dir, model_dir, overwrite=True, log=log)
+    dfs_dir = Path(dfs_cfg.output_dir)
+    results = evolve_config(dfs_cfg, resume=resume and (dfs_dir / "config.yml").is_file(),
+                            **kwargs)
+    results = {**results, "ps": json.loads((ps_dir / "results.json").read_text())["best"]}
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    return results

@@ -1,0 +1,221 @@
+"""The PS population pass: P candidate merges scored in one compiled function, merging inside the
+layer scan (DESIGN.md section 3, idea 1) so that no merged model is ever built.
+
+`PSModel` is a *population model*: the interface the tasks score through, which a DFS model
+implements the same way (routing layers instead of merging them):
+
+    candidates(genomes [P, D], keys [P, 2]) -> cand      per-candidate device inputs, decoded on device
+    hidden(weights, cand, tokens [B, S], mask [B, S]) -> h [P, B, S, D]
+    head_map(weights, cand, h, fn) -> fn(logits [B, S, V]) for each candidate, stacked on P
+    generate(weights, cand, tokens, mask, ...) -> new tokens [P, B, new]   (greedy, KV cache)
+    memory(rows, seq, new_tokens) -> (bytes per candidate, bytes per global-tensor candidate)
+
+Memory. The scan step receives layer l of the base and of the K sources, merges it for the P
+candidates (vmap: P × one layer), and applies it. The global tensors (embed, lm_head: the largest
+in most models) are merged `global_batch` candidates at a time inside a `lax.map`, for the embedding
+lookup and for the head, so they never cost P copies either. Free generation (the `generate`
+task) merges the globals once per candidate (P × embed/head) and re-merges each layer at every
+decoding step: compute traded for memory, so that the KV cache is the only per-step state.
+
+Randomness (DARE, DELLA). Candidate c of generation g draws its masks from
+`candidate_key(seed, g, c)`, folded with a stable id of the tensor and its layer index
+(`tensor_key`), with the generator of `compute.prng` (a fast counter hash by default, see
+prng.py); export recomputes the same keys, so the exported model is the one that was scored.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..arch import ModelSpec
+from ..generation import greedy_loop
+from ..merge.methods import merge_tensor
+from ..model import decoder_layer, embed as embed_tokens, make_context, positions_from_mask
+from ..model import sliding_flags, unembed
+from .genome import GenomeLayout
+from .prng import wrap
+
+_MERGE_STREAM = 1  # fold-in tag separating merge randomness from other uses of the seed
+
+
+def candidate_key(seed: int, generation: int, candidate: int) -> np.ndarray:
+    """Raw key data [2] (uint32) of one candidate's merge randomness."""
+    key = jax.random.fold_in(jax.random.key(seed), _MERGE_STREAM)
+    key = jax.random.fold_in(jax.random.fold_in(key, generation), candidate)
+    return np.asarray(jax.random.key_data(key))
+
+
+def candidate_keys(seed: int, generation: int, candidates) -> np.ndarray:
+    return np.stack([candidate_key(seed, generation, int(c)) for c in candidates])
+
+
+def tensor_id(name: str) -> int:
+    """A stable 31-bit id of a tensor's short name (independent of the architecture's order)."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def tensor_key(key_data, name: str, layer=None, prng: str = "hash"):
+    """The key of one tensor of one candidate, for the generator `prng` (see prng.py); `layer`
+    may be traced (inside the layer scan)."""
+    key = jax.random.fold_in(wrap(key_data, prng), tensor_id(name))
+    return key if layer is None else jax.random.fold_in(key, layer)
+
+
+@dataclass(frozen=True)
+class PSModel:
+    """Static description of the PS population pass (hashable: a jit static argument)."""
+
+    spec: ModelSpec
+    layout: GenomeLayout
+    method: str
+    rescale_rule: str
+    fixed: tuple[tuple[str, float | bool], ...]  # merge parameters that are not evolved
+    dtype: str                                   # forward dtype
+    uses_tables: bool                            # magnitude sparsifiers: sorted tables in weights
+    prng: str = "hash"                           # generator of the random masks (prng.py)
+    global_batch: int = 1                        # candidates per step of the global-tensor map
+
+    # ---- merging -------------------------------------------------------------------------
+    def merge_one(self, base, sources_k, params: dict, key, table_kn=None):
+        """One tensor of one candidate: `merge_tensor` with the run's method and options, cast to
+        the forward dtype (export goes through the same `merge_layer`/`merge_global`)."""
+        options = {"rescale_rule": self.rescale_rule}
+        if table_kn is not None:
+            options["magnitude_tables_kn"] = table_kn
+        merged = merge_tensor(self.method, base, sources_k, {**dict(self.fixed), **params}, key,
+                              **options)
+        return merged.astype(self.dtype)
+
+    def candidates(self, genomes_pd, keys_p2):
+        return {"values": self.layout.to_values(genomes_pd, jnp), "key": keys_p2}
+
+    def _group_params(self, values: dict, group) -> dict:
+        return {name: v[group] for name, v in values.items()}
+
+    def merge_global(self, weights, values: dict, key_data, name: str):
+        table = weights["tables"].get(name) if self.uses_tables else None
+        params = self._group_params(values, self.layout.global_group(name))
+        return self.merge_one(weights["base"][name], weights["sources"][name], params,
+                              tensor_key(key_data, name, prng=self.prng), table)
+
+    def _layer_coefs(self, values: dict) -> dict:
+        """{param: [P, G, ...]} -> {param: [L, P, kinds, ...]}: each layer's sets, gathered once."""
+        table = jnp.asarray(self.layout.layer_table())
+        return {n: jnp.moveaxis(v[:, table], 1, 0) for n, v in values.items()}
+
+    def merge_layer(self, layer_w, coefs_l, keys, layer) -> dict:
+        """Layer `layer` for every candidate: {name: [P, ...]} (P × one layer, the only copy)."""
+        base, sources, tables = layer_w
+        out = {}
+        for name in self.spec.layer_tensors:
+            kind = self.layout.kind_of(name)
+
+            def one(coef, key_data, name=name, kind=kind):
+                params = {n: v[kind] for n, v in coef.items()}
+                return self.merge_one(base[name], sources[name], params,
+                                      tensor_key(key_data, name, layer, self.prng),
+                                      tables.get(name))
+
+            out[name] = jax.vmap(one)(coefs_l, keys)
+        return out
+
+    def _layer_inputs(self, weights, cand):
+        tables = weights["tables"].get("layers", {}) if self.uses_tables else {}
+        layers = (weights["base"]["layers"], weights["sources"]["layers"], tables)
+        return (layers, self._layer_coefs(cand["values"]), sliding_flags(self.spec),
+                jnp.arange(self.spec.num_layers))
+
+    # ---- the population model interface -------------------------------------------------
+    def hidden(self, weights, cand, tokens_bs, mask_bs):
+        spec = self.spec
+        positions = positions_from_mask(mask_bs)
+        index = jnp.broadcast_to(jnp.arange(tokens_bs.shape[1]), tokens_bs.shape)
+        ctx = make_context(spec, positions, mask_bs, index)
+
+        def embed_one(args):
+            values, key_data = args
+            table = self.merge_global(weights, values, key_data, "embed")
+            return jnp.take(table, tokens_bs, axis=0)
+
+        h = jax.lax.map(embed_one, (cand["values"], cand["key"]), batch_size=self.global_batch)
+
+        def step(h_pbsd, xs):
+            layer_w, coefs_l, is_sliding, layer = xs
+            lp = self.merge_layer(layer_w, coefs_l, cand["key"], layer)
+            apply = lambda p, x: decoder_layer(p, spec, x, ctx, is_sliding)[0]  # noqa: E731
+            return jax.vmap(apply)(lp, h_pbsd), None
+
+        h, _ = jax.lax.scan(step, h, self._layer_inputs(weights, cand))
+        return h
+
+    def _head_params(self, weights, values, key_data) -> dict:
+        params = {"final_norm": self.merge_global(weights, values, key_data, "final_norm"),
+                  "embed": None}
+        head = "embed" if self.spec.tie_word_embeddings else "lm_head"
+        params[head] = self.merge_global(weights, values, key_data, head)
+        return params
+
+    def head_map(self, weights, cand, h_pbsd, fn):
+        def one(args):
+            values, key_data, h_bsd = args
+            logits = unembed(self._head_params(weights, values, key_data), self.spec, h_bsd)
+            return fn(logits)
+
+        return jax.lax.map(one, (cand["values"], cand["key"], h_pbsd),
+                           batch_size=self.global_batch)
+
+    def generate(self, weights, cand, tokens_bs, mask_bs, *, max_new_tokens: int,
+                 eos_ids: tuple[int, ...], pad_id: int):
+        spec = self.spec
+        heads = jax.vmap(partial(self._head_params, weights))(cand["values"], cand["key"])
+        embeds = heads["embed"] if spec.tie_word_embeddings else jax.vmap(
+            partial(self.merge_global, weights, name="embed"))(cand["values"], cand["key"])
+        layer_inputs = self._layer_inputs(weights, cand)
+
+        def embed_fn(tokens):
+            if tokens.ndim == 2:  # the shared prompt
+                return jax.vmap(lambda e: embed_tokens({"embed": e}, tokens))(embeds)
+            return jax.vmap(lambda e, t: embed_tokens({"embed": e}, t))(embeds, tokens)
+
+        def layers_fn(h, ctx, caches, cache_index):
+            def step(h_pbsd, xs):
+                (layer_w, coefs_l, is_sliding, layer), k, v = xs
+                lp = self.merge_layer(layer_w, coefs_l, cand["key"], layer)
+                apply = lambda p, x, kk, vv: decoder_layer(  # noqa: E731
+                    p, spec, x, ctx, is_sliding, (kk, vv), cache_index)
+                return jax.vmap(apply)(lp, h_pbsd, k, v)
+
+            return jax.lax.scan(step, h, (layer_inputs, *caches))
+
+        def unembed_fn(h):
+            return jax.vmap(lambda p, x: unembed(p, spec, x))(heads, h)
+
+        p, (b, s) = cand["key"].shape[0], tokens_bs.shape
+        shape = (spec.num_layers, p, b, s + max_new_tokens, spec.num_kv_heads, spec.head_dim)
+        caches = (jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
+        return greedy_loop(embed_fn, layers_fn, unembed_fn, caches, tokens_bs, mask_bs, spec,
+                           max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
+
+    def memory(self, rows: int, seq: int, new_tokens: int = 0) -> tuple[int, int]:
+        """Estimated bytes per candidate of the scan (merged layer with its float32 temporaries,
+        activations, KV cache) and per candidate of the global-tensor map (merged embed or head
+        with temporaries, logits). An estimate for choosing chunk sizes, not a bound."""
+        spec, k = self.spec, self.layout.num_sources
+        layer = sum(int(np.prod(spec.layer_shape(n))) for n in spec.layer_tensors)
+        merge = layer * 4 * (2 * k + 4)
+        total = seq + new_tokens
+        act = rows * total * (8 * spec.hidden_size + 3 * spec.intermediate_size) * 4
+        scores = rows * spec.num_heads * total * (seq if new_tokens == 0 else 1) * 4 * 2
+        vocab = spec.vocab_size * spec.hidden_size
+        per_candidate = merge + act + scores
+        if new_tokens:
+            per_candidate += (2 * spec.num_layers * rows * total * spec.num_kv_heads
+                              * spec.head_dim * 4 + 2 * vocab * 4)
+        per_global = vocab * 4 * (2 * k + 4) + rows * seq * spec.vocab_size * 4 * 3
+        return per_candidate, per_global

@@ -1,0 +1,186 @@
+"""The three commands built on the evolve package: `evolve` (search, then score and export the best),
+`export` (any run's best as an HF dir) and `eval` (any model dir on a config's tasks).
+
+Every check that can fail on user input (config, model dirs, task files, strategy) runs in
+`prepare` before any weight is loaded or any function compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..checkpoint import load, read_config
+from ..errors import ConfigError
+from ..fileio import atomic_write_text
+from .config import EvolveConfig, dump_config, load_config
+from .evaluate import Evaluator, PlainModel
+from .ps import PSSearch, check_models, forward_dtype
+from .report import plot_fitness, plot_recipe, print_table, read_log, score_table
+from .search import Best, run_search
+from .strategy import build_strategy
+from .tasks import load_tasks, load_tokenizer
+
+SPLIT_NAMES = ("fitness", "validation", "test")
+
+
+def prepare(cfg: EvolveConfig, log=print):
+    """Validate models, tokenizer, tasks and strategy; returns (search, tasks, tokenizer, strategy)
+    with no weights loaded yet."""
+    if cfg.search == "dfs":
+        from .dfs_search import prepare_dfs
+        return prepare_dfs(cfg, log)
+    spec, hf_config = check_models(cfg)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model)
+    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
+    search = PSSearch(cfg, spec, hf_config)
+    strategy = build_strategy(cfg.strategy, search.num_dims)
+    return search, tasks, tokenizer, strategy
+
+
+def _first(scores: dict) -> dict:
+    """{task: {metric: [P]}} -> {task: {metric: float}} for the first candidate."""
+    return {t: {m: float(np.asarray(v)[0]) for m, v in s.items()} for t, s in scores.items()}
+
+
+def _check_run_dir(cfg: EvolveConfig, resume: bool, overwrite: bool) -> Path:
+    run_dir = Path(cfg.output_dir)
+    saved = run_dir / "config.yml"
+    if resume:
+        if not saved.is_file():
+            raise ConfigError(f"{run_dir}: no run to resume (no config.yml); start it without "
+                              "--resume")
+        old = yaml.safe_load(saved.read_text())
+        new = yaml.safe_load(dump_config(cfg))
+        old["strategy"].pop("generations"), new["strategy"].pop("generations")
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            raise ConfigError(f"{run_dir}: the config differs from the run's saved config.yml in "
+                              f"{', '.join(changed)}; only strategy.generations may change on resume")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{run_dir}: output_dir already holds a run; pass --resume to "
+                              "continue it or --overwrite to start over")
+        shutil.rmtree(run_dir)
+    return run_dir
+
+
+def evolve(config_path, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+           log=print, devices=None, on_generation=None, export: bool = True) -> dict:
+    """Run a search end to end; returns the results written to RUN_DIR/results.json."""
+    cfg = load_config(config_path)
+    options = dict(progress=progress, log=log, devices=devices, on_generation=on_generation,
+                   export=export)
+    if cfg.search == "ps+dfs":
+        from .dfs_search import evolve_ps_dfs
+        return evolve_ps_dfs(cfg, resume=resume, overwrite=overwrite, **options)
+    return evolve_config(cfg, resume=resume, overwrite=overwrite, **options)
+
+
+def evolve_config(cfg: EvolveConfig, *, resume: bool = False, overwrite: bool = False,
+                  progress: bool = True, log=print, devices=None, on_generation=None,
+                  export: bool = True) -> dict:
+    """`evolve` of a loaded config of one stage (search ps or dfs)."""
+    search, tasks, tokenizer, strategy = prepare(cfg, log)
+    run_dir = _check_run_dir(cfg, resume, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yml", dump_config(cfg))
+    for note in strategy.notes:
+        log(f"note: {note}")
+    search.load()
+    population = strategy.algo.population_size
+    plan_path = run_dir / "plan.json"
+    plan = json.loads(plan_path.read_text()) if resume and plan_path.is_file() else {}
+    evaluator = Evaluator(search.model, search.weights, tasks, tokenizer, population=population,
+                          memory_budget=cfg.compute.memory_budget,
+                          chunk_size=plan.get("chunk_size", cfg.compute.chunk_size),
+                          global_batch=plan.get("global_batch"), devices=devices, log=log)
+    # A resumed run reuses the chunking, so that it runs the very programs the first one ran.
+    atomic_write_text(plan_path, json.dumps({"chunk_size": evaluator.chunk,
+                                             "global_batch": evaluator.global_batch}) + "\n")
+    log(f"{cfg.search}: {search.num_dims} genes, population {population}, "
+        f"{cfg.strategy.generations} generations of {cfg.strategy.name}; {evaluator.n_dev} "
+        f"device(s), {evaluator.chunk} candidates per call")
+    best = run_search(search, strategy, evaluator, tasks, cfg.strategy, run_dir, resume=resume,
+                      progress=progress, log=log, on_generation=on_generation)
+    return finish(cfg, search, evaluator, tasks, tokenizer, best, run_dir, log=log, export=export)
+
+
+def finish(cfg, search, evaluator, tasks, tokenizer, best: Best, run_dir: Path, *, log=print,
+           export: bool = True) -> dict:
+    """Score the best on validation and test, export it, score the baselines, plot, tabulate."""
+    genome, key = np.asarray([best.genome], np.float32), np.asarray([best.key], np.uint32)
+    rows = {"evolved": {split: _first(evaluator.split_scores(genome, key, split))
+                        for split in ("validation", "test")}}
+    note = (f"generation {best.generation}, candidate {best.candidate}, validation score "
+            f"{best.validation:.6g}")
+    if export:
+        search.export(best.genome, best.key, run_dir / "best", overwrite=True, note=note)
+    if cfg.baselines:
+        for label, path in [("base", cfg.base_model), *[(Path(m).name, m) for m in cfg.models]]:
+            rows[f"source {label}" if label != "base" else "base"] = score_model(
+                path, tasks, tokenizer, ("validation", "test"), cfg.compute.dtype, log)
+    results = {"best": {"generation": best.generation, "candidate": best.candidate,
+                        "validation_score": best.validation, "fitness_score": best.fitness,
+                        "recipe": search.describe(best.genome)},
+               "scores": rows}
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    plot_fitness(read_log(run_dir / "log.jsonl"), run_dir / "fitness.png")
+    plot_recipe(results["best"]["recipe"], run_dir / "recipe.png")
+    print_table(score_table(rows, title=f"{run_dir.name}: best of generation {best.generation}"))
+    return results
+
+
+def score_model(model_dir, tasks, tokenizer, splits, dtype=None, log=print) -> dict:
+    """One model dir on the tasks' splits: {split: {task: {metric: float}}}."""
+    import jax
+
+    ckpt = load(model_dir, dtype)
+    # A plain model is one candidate: one device, no replication.
+    evaluator = Evaluator(PlainModel(ckpt.spec), ckpt.params, tasks, tokenizer,
+                          devices=jax.local_devices()[:1], log=log)
+    zeros_g, zeros_k = np.zeros((1, 1), np.float32), np.zeros((1, 2), np.uint32)
+    return {split: _first(evaluator.split_scores(zeros_g, zeros_k, split)) for split in splits}
+
+
+def eval_model(model_dir, config_path, splits=("validation", "test"), log=print) -> dict:
+    """`evomerge eval`: a model dir on a config's tasks, with the model dir's own tokenizer when
+    it has one (else the config's)."""
+    cfg = load_config(config_path)
+    root, hf_config, _ = read_config(model_dir)
+    has_tokenizer = (root / "tokenizer.json").is_file() or (root / "tokenizer.model").is_file()
+    tokenizer = load_tokenizer(root if has_tokenizer else (cfg.tokenizer or cfg.base_model))
+    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
+    scores = score_model(model_dir, tasks, tokenizer, splits, cfg.compute.dtype, log)
+    print_table(score_table({Path(model_dir).name: scores}, title=str(model_dir)))
+    return scores
+
+
+def export_run(run_dir, out_dir, *, overwrite: bool = False, log=print) -> Path:
+    """`evomerge export`: the best candidate of a run (finished or not) as an HF dir."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yml").is_file():
+        raise ConfigError(f"{run_dir}: not a run dir (no config.yml)")
+    cfg = load_config(run_dir / "config.yml")
+    if cfg.search == "ps+dfs":  # the final model is the DFS stage's best
+        return export_run(run_dir / "dfs", out_dir, overwrite=overwrite, log=log)
+    if not (run_dir / "best.json").is_file():
+        raise ConfigError(f"{run_dir}: the run has no best candidate yet (no best.json)")
+    best = Best.read(run_dir / "best.json")
+    if cfg.search == "dfs":
+        from .dfs_search import dfs_search_for
+        search = dfs_search_for(cfg)
+    else:
+        spec, hf_config = check_models(cfg)
+        search = PSSearch(cfg, spec, hf_config)
+    note = (f"generation {best.generation}, candidate {best.candidate}, validation score "
+            f"{best.validation:.6g}")
+    out = search.export(best.genome, best.key, out_dir, overwrite=overwrite, note=note)
+    dtype = search.dtype if cfg.search == "dfs" else forward_dtype(cfg, cfg.base_model)
+    log(f"wrote {out} (dtype {dtype})")
+    return out

@@ -1,0 +1,247 @@
+"""Tasks: JSONL data rendered through prompt templates, tokenized once with the model dir's tokenizer
+into fixed-shape arrays, and cut into batches (a seeded minibatch of the fitness split per
+generation, fixed chunks of the validation and test splits).
+
+Row layouts (every split of a task shares one padded length, so one compiled pass serves them all):
+
+- teacher forcing (exact_match, choice, perplexity): `tokens` [N, S] = prompt + target (+ EOS),
+  right-padded; `labels` [N, S] the next token at each position; `scored` [N, S] the positions whose
+  prediction is the target (the last prompt token through the token before the end). A choice task
+  has one row per (example, choice): arrays [N, C, S], padded choices marked invalid.
+- generation: `tokens` [N, S] prompts left-padded (the decoder's convention), targets kept as text.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .config import TaskSection
+
+SPLITS = ("fitness", "validation", "test")
+_PAD_MULTIPLE = 8  # pad lengths up to a multiple of this: fewer distinct compiled shapes
+
+
+class TaskError(ConfigError):
+    """A task file or template that cannot be used."""
+
+
+@dataclass(frozen=True)
+class SplitData:
+    arrays: dict            # name -> np.ndarray with N (examples) first
+    answers: tuple = ()     # generate: the target text of each example
+    files: tuple = ()       # (path, line) of each example, for error messages
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+
+@dataclass(frozen=True)
+class TaskData:
+    cfg: TaskSection
+    splits: dict = field(default_factory=dict)   # split -> SplitData
+    seq_len: int = 0
+    eos_id: int | None = None
+    pad_id: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def fitness_rows(self, seed: int, task_index: int, generation: int) -> np.ndarray:
+        """The seeded minibatch of generation `generation`: example indices [batch_size] (all
+        examples, in order, when the split is smaller than the batch; padded with -1)."""
+        n, size = self.splits["fitness"].size, self.cfg.batch_size
+        if n <= size:
+            return np.concatenate([np.arange(n), np.full(size - n, -1)])
+        rng = np.random.default_rng([seed, task_index, generation])
+        return np.sort(rng.choice(n, size, replace=False))
+
+    def eval_chunks(self, split: str) -> list[np.ndarray]:
+        """Example indices of a whole split in chunks of batch_size (the last padded with -1)."""
+        n, size = self.splits[split].size, self.cfg.batch_size
+        idx = np.concatenate([np.arange(n), np.full(-n % size, -1)])
+        return [idx[i:i + size] for i in range(0, len(idx), size)]
+
+    def batch(self, split: str, rows: np.ndarray) -> dict:
+        """Arrays for the examples `rows` (-1: padding, scored as invalid)."""
+        data = self.splits[split]
+        take = np.where(rows < 0, 0, rows)
+        out = {name: arr[take] for name, arr in data.arrays.items()}
+        out["valid"] = out["valid"] & (rows >= 0).reshape((-1,) + (1,) * (out["valid"].ndim - 1))
+        return out
+
+
+def _template_fields(template: str, where: str) -> set[str]:
+    try:
+        return {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(template)
+                if f is not None}
+    except ValueError as exc:
+        raise TaskError(f"{where}: bad template {template!r} ({exc})") from None
+
+
+def _read_jsonl(path: Path, task: str, split: str) -> list[tuple[dict, int]]:
+    if not path.is_file():
+        raise TaskError(f"task {task!r}: {split} file {path} does not exist")
+    records = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskError(f"{path}:{line_no}: not a JSON object ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise TaskError(f"{path}:{line_no}: expected a JSON object per line")
+        records.append((record, line_no))
+    if not records:
+        raise TaskError(f"task {task!r}: {split} split {path} is empty")
+    return records
+
+
+def _render(template: str, record: dict, where: str) -> str:
+    try:
+        return template.format(**record)
+    except (KeyError, IndexError) as exc:
+        raise TaskError(f"{where}: missing field {exc.args[0]!r} used by the template") from None
+
+
+def _encode(tokenizer, text: str, specials: bool) -> list[int]:
+    """Token ids; an empty prompt still gets the tokenizer's special prefix (BOS)."""
+    if not text and not specials:
+        return []
+    return list(tokenizer(text, add_special_tokens=specials)["input_ids"])
+
+
+def _pad_to(length: int) -> int:
+    return -(-length // _PAD_MULTIPLE) * _PAD_MULTIPLE
+
+
+def _teacher_rows(prompts, targets, seq: int, pad: int):
+    """Right-padded rows of prompt + target with their next-token labels and scored positions."""
+    n = len(prompts)
+    tokens, labels = np.full((n, seq), pad, np.int32), np.zeros((n, seq), np.int32)
+    mask, scored = np.zeros((n, seq), np.int32), np.zeros((n, seq), bool)
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+        row = p + t
+        tokens[i, :len(row)], mask[i, :len(row)] = row, 1
+        labels[i, :len(row) - 1] = row[1:]
+        scored[i, max(len(p) - 1, 0):len(row) - 1] = True
+    return {"tokens": tokens, "mask": mask, "labels": labels, "scored": scored}
+
+
+def _split_rows(cfg: TaskSection, records, tokenizer, path: Path, eos_id):
+    """Token lists of one split: (prompts, targets or choice lists, labels, answers, files)."""
+    prompts, targets, labels, answers, files = [], [], [], [], []
+    for record, line in records:
+        where = f"{path}:{line}"
+        prompt = _render(cfg.prompt, record, where)
+        prompts.append(_encode(tokenizer, prompt, True))
+        files.append((str(path), line))
+        if cfg.type == "choice":
+            choices, label = record.get(cfg.choices), record.get(cfg.label)
+            if not isinstance(choices, list) or not choices or not all(
+                    isinstance(c, str) for c in choices):
+                raise TaskError(f"{where}: field {cfg.choices!r} must be a non-empty list of "
+                                "strings")
+            if not isinstance(label, int) or not 0 <= label < len(choices):
+                raise TaskError(f"{where}: field {cfg.label!r} must be an index into "
+                                f"{cfg.choices!r} (0..{len(choices) - 1}), got {label!r}")
+            targets.append([_encode(tokenizer, c, False) for c in choices])
+            labels.append(label)
+            answers.append(choices)
+            continue
+        target = _render(cfg.target, record, where)
+        answers.append(target)
+        tokens = _encode(tokenizer, target, False)
+        if cfg.type == "exact_match" and cfg.append_eos:
+            tokens = tokens + [eos_id]
+        if cfg.type != "generate" and not tokens:
+            raise TaskError(f"{where}: the target renders to no tokens")
+        if cfg.type == "generate":
+            _check_answer(cfg, target, where)
+        targets.append(tokens)
+    return prompts, targets, labels, answers, files
+
+
+def _check_answer(cfg: TaskSection, target: str, where: str) -> None:
+    from .metrics import extract_answer
+
+    if cfg.compare == "numeric" and extract_answer(target, cfg.answer_regex, numeric=True) is None:
+        raise TaskError(f"{where}: target {target!r} holds no number matching answer_regex "
+                        f"{cfg.answer_regex!r} (use compare: string for text answers)")
+
+
+def load_task(cfg: TaskSection, tokenizer, context: int | None) -> TaskData:
+    """Read, render and tokenize the three splits; every problem raises before any compute."""
+    eos_id = tokenizer.eos_token_id
+    if cfg.type == "exact_match" and cfg.append_eos and eos_id is None:
+        raise TaskError(f"task {cfg.name!r}: the tokenizer has no EOS token; set append_eos: false")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
+    raw = {}
+    for split in SPLITS:
+        path = Path(getattr(cfg.data, split))
+        raw[split] = _split_rows(cfg, _read_jsonl(path, cfg.name, split), tokenizer, path, eos_id)
+    longest, worst = 0, None
+    for split, (prompts, targets, _, _, files) in raw.items():
+        for p, t, where in zip(prompts, targets, files):
+            extra = (cfg.max_new_tokens if cfg.type == "generate" else
+                     max(map(len, t)) if cfg.type == "choice" else len(t))
+            if len(p) + extra > longest:
+                longest, worst = len(p) + extra, where
+            if not p and cfg.type != "perplexity":
+                raise TaskError(f"{where[0]}:{where[1]}: the prompt renders to no tokens")
+    if context is not None and longest > context:
+        what = "prompt + max_new_tokens" if cfg.type == "generate" else "prompt + target"
+        raise TaskError(f"{worst[0]}:{worst[1]}: {what} take {longest} tokens, more than the "
+                        f"model's context of {context} (task {cfg.name!r})")
+    seq = _pad_to(longest)
+    splits = {split: _arrays(cfg, rows, seq, pad) for split, rows in raw.items()}
+    return TaskData(cfg, splits, seq, eos_id, pad)
+
+
+def _arrays(cfg: TaskSection, rows, seq: int, pad: int) -> SplitData:
+    prompts, targets, labels, answers, files = rows
+    n = len(prompts)
+    if cfg.type == "generate":
+        width = seq - cfg.max_new_tokens
+        tokens, mask = np.full((n, width), pad, np.int32), np.zeros((n, width), np.int32)
+        for i, p in enumerate(prompts):
+            tokens[i, width - len(p):], mask[i, width - len(p):] = p, 1
+        return SplitData({"tokens": tokens, "mask": mask, "valid": np.ones(n, bool),
+                          "index": np.arange(n)}, tuple(answers), tuple(files))
+    if cfg.type == "choice":
+        width = max(len(t) for t in targets)
+        flat_p = [p for p, t in zip(prompts, targets) for _ in range(width)]
+        flat_t = [t[c] if c < len(t) else t[0] for t in targets for c in range(width)]
+        arrays = {k: v.reshape(n, width, seq)
+                  for k, v in _teacher_rows(flat_p, flat_t, seq, pad).items()}
+        arrays["valid"] = np.array([[c < len(t) for c in range(width)] for t in targets])
+        arrays["label"] = np.asarray(labels, np.int32)
+        arrays["nbytes"] = np.array([[len(a[c].encode()) if c < len(a) else 1 for c in range(width)]
+                                     for a in answers], np.float32)
+        return SplitData(arrays, tuple(map(tuple, answers)), tuple(files))
+    arrays = _teacher_rows(prompts, targets, seq, pad)
+    arrays["valid"] = np.ones(n, bool)
+    return SplitData(arrays, tuple(answers), tuple(files))
+
+
+def load_tasks(tasks, tokenizer, context: int | None) -> tuple[TaskData, ...]:
+    return tuple(load_task(t, tokenizer, context) for t in tasks)
+
+
+def load_tokenizer(path: Path):
+    """transformers' AutoTokenizer from a local dir, offline."""
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: cannot load a tokenizer ({' '.join(str(exc).split())[:200]})"
+                          ) from None
