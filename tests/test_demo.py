@@ -12,7 +12,7 @@ import pytest
 SOURCES = ["base", "l2_chat", "math_a", "math_b"]
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "evomerge_jax.cli", "demo", "--quick",
