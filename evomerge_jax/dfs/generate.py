@@ -16,11 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..api import _inputs
+from ..api import generation_inputs
 from ..arch import ModelSpec
 from ..checkpoint import Checkpoint
-from ..errors import EvomergeError
-from ..generation import greedy_loop, normalize_eos
+from ..generation import greedy_loop
 from ..model import embed, unembed
 from .forward import path_arrays, run_slots, window_slots
 from .genome import PathSpec, decode_population
@@ -67,13 +66,8 @@ def path_generate(stack: Checkpoint, path: LayerPath, input_ids, max_new_tokens:
                   pad_token_id: int | None = None) -> np.ndarray:
     """Greedy decoding along one path: [B, S + max_new_tokens] (prompt included), with the same
     conventions as `evomerge_jax.generate` (left-padded prompts, EOS then `pad_token_id`)."""
-    tokens, mask = _inputs(input_ids, attention_mask)
-    if max_new_tokens < 1:
-        raise EvomergeError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if not bool(np.all(np.asarray(mask)[:, -1])):
-        raise EvomergeError("generate needs left-padded prompts: a row ends with padding")
-    eos = normalize_eos(eos_token_id)
-    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    tokens, mask, eos, pad = generation_inputs(input_ids, attention_mask, max_new_tokens,
+                                               eos_token_id, pad_token_id)
     layer_n, scale_n, used_n = path_arrays(path, stack.spec)
     new = slots_generate(stack.params, stack.spec, layer_n, used_n[None], scale_n[None], tokens,
                          mask, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
