@@ -180,22 +180,34 @@ def main():
             whole.model.__class__(**{**whole.model.__dict__, "global_batch": min(
                 whole.global_batch, n)}), whole.generations, whole.mesh, whole.weights,
             shard(genomes[:n]), shard(keys[:n]), device).compile()
-    flops = compiled(p).cost_analysis()["flops"]
+    spec, n_tok = search.spec, args.rows * args.seq
+    # Matmul weights a token meets (the two norms of a layer excluded), and attention's two matmuls.
+    dense = args.layers * (layer - 2 * spec.hidden_size) + spec.vocab_size * spec.hidden_size
+    attention = 4 * args.rows * args.seq**2 * spec.num_heads * spec.head_dim * args.layers
+    model_flops = p * (2 * n_tok * dense + attention)
+    xla_flops = compiled(p).cost_analysis()["flops"]
     peak = matmul_flops()
-    print(f"\nachieved FLOP/s of the population pass (XLA's count {flops / 1e9:.1f} GFLOP per "
-          f"generation / {t_pop:.2f} s): {flops / t_pop / 1e9:.1f} GFLOP/s; measured float32 matmul "
-          f"(2048^3): {peak / 1e9:.1f} GFLOP/s; ratio {flops / t_pop / peak:.2f}")
+    print(f"\nachieved FLOP/s of the population pass: model FLOPs (matmuls of the forward, "
+          f"{model_flops / 1e9:.1f} GFLOP per generation) / {t_pop:.2f} s = "
+          f"{model_flops / t_pop / 1e9:.1f} GFLOP/s; measured float32 matmul (2048^3): "
+          f"{peak / 1e9:.1f} GFLOP/s; ratio {model_flops / t_pop / peak:.2f} (XLA's own count of "
+          f"the program, which counts each loop body once: {xla_flops / 1e9:.1f} GFLOP)")
 
     weights = sum(x.nbytes for x in jax.tree.leaves(search.weights))
+    model_mib, layer_mib = weights / 3 / 2**20, layer * 4 / 2**20
     print(f"\ncompiled memory (XLA buffer assignment); the sources (base + 2) take "
-          f"{weights / 2**20:.0f} MiB, one model {weights / 3 / 2**20:.0f} MiB, one layer "
-          f"{layer * 4 / 2**20:.1f} MiB")
+          f"{weights / 2**20:.0f} MiB, one model {model_mib:.0f} MiB, one layer {layer_mib:.1f} MiB; "
+          f"global tensors merged {whole.global_batch} candidates at a time")
+    first = None
     for n in (1, 16, 64):
         mem = compiled(n).memory_analysis()
-        temp = mem.temp_size_in_bytes
-        print(f"  P={n:<3} arguments {mem.argument_size_in_bytes / 2**20:7.0f} MiB   temporaries "
-              f"{temp / 2**20:7.1f} MiB   = {temp / (weights / 3):.2f} models, "
-              f"{temp / n / (layer * 4):.1f} layers per candidate")
+        temp = mem.temp_size_in_bytes / 2**20
+        first = temp if first is None else first
+        extra = "" if n == 1 else (f"; each candidate beyond the first adds "
+                                   f"{(temp - first) / (n - 1):.1f} MiB = "
+                                   f"{(temp - first) / (n - 1) / layer_mib:.1f} layers")
+        print(f"  P={n:<3} arguments {mem.argument_size_in_bytes / 2**20:5.0f} MiB, temporaries "
+              f"{temp:6.0f} MiB (= {temp / model_mib:4.1f} models){extra}")
 
 
 if __name__ == "__main__":

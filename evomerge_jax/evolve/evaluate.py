@@ -22,11 +22,12 @@ from ..fileio import parse_size
 from ..generation import greedy_generate
 from ..model import hidden_states, unembed
 from .metrics import accumulate, finalize, generation_of, run_tasks
+from .xla_options import merge_jit
 
 _POP = "pop"
 
 
-@partial(jax.jit, static_argnames=("model", "generations", "mesh"))
+@partial(merge_jit, static_argnames=("model", "generations", "mesh"))
 def population_pass(model, generations, mesh, weights, genomes_pd, keys_p2, batch):
     """Every task's outputs for every candidate (see `metrics.run_tasks`); leading axis P."""
 

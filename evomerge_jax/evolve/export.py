@@ -12,7 +12,6 @@ import json
 from functools import partial
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
@@ -22,18 +21,19 @@ from ..checkpoint import DTYPES, TensorReader, copy_tokenizer_files, output_conf
 from ..fileio import atomic_dir, write_safetensors_shards
 from ..merge.task_arithmetic import PRESETS
 from .genome import clip
+from .xla_options import merge_jit
 
 # mergekit tensor-name substrings of each side of a layer (the norm before each block included).
 _SIDE_FILTERS = (("self_attn", "input_layernorm"), ("mlp", "post_attention_layernorm"))
 _GLOBAL_FILTERS = {"embed": "embed_tokens", "final_norm": "model.norm.", "lm_head": "lm_head"}
 
 
-@partial(jax.jit, static_argnames=("model",))
+@partial(merge_jit, static_argnames=("model",))
 def _merge_layer(model, layer_w, coefs_l, key_data, layer):
     return model.merge_layer(layer_w, coefs_l, key_data, layer)
 
 
-@partial(jax.jit, static_argnames=("model",))
+@partial(merge_jit, static_argnames=("model",))
 def _merge_globals(model, base, sources, values, key_data):
     weights = {"base": base, "sources": sources, "tables": {}}
     return {name: model.merge_global(weights, values, key_data, name) for name in base}

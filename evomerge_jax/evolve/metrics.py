@@ -17,9 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Primary metric of each task type: the one that enters the fitness (higher is better).
-PRIMARY = {"exact_match": "acc", "generate": "acc", "choice": "acc", "perplexity": "neg_nll"}
-
 
 @dataclass(frozen=True)
 class Generation:

@@ -25,8 +25,6 @@ from .search import Best, run_search
 from .strategy import build_strategy
 from .tasks import load_tasks, load_tokenizer
 
-SPLIT_NAMES = ("fitness", "validation", "test")
-
 
 def prepare(cfg: EvolveConfig, log=print):
     """Validate models, tokenizer, tasks and strategy; returns (search, tasks, tokenizer, strategy)
