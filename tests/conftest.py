@@ -27,3 +27,19 @@ def evolve_world(tmp_path_factory):
     """A base model, two noisy fine-tunes of it, a tokenizer and task files (tests/evolve_world)."""
     from evolve_world import make_world
     return make_world(tmp_path_factory.mktemp("evolve"))
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """Run `evomerge evolve` on a config; return its one-line error, asserting exit 2 and that no
+    run dir was created."""
+    from evomerge_jax.cli import main
+
+    def run(cfg) -> str:
+        capsys.readouterr()
+        assert main(["evolve", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert not (cfg.parent / "run").exists()
+        return err
+    return run

@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from evolve_world import echo_task, save_with_tokenizer, standard_config, write_config, write_jsonl
-from evomerge_jax.cli import main
 from evomerge_jax.errors import ConfigError
 from evomerge_jax.evolve.config import load_config, parse_config
 from tiny_models import make_model
@@ -63,20 +62,6 @@ def test_config_errors(case):
     change, message = CONFIG_ERRORS[case]
     with pytest.raises(ConfigError, match=message):
         parse_config({**BASE, **change}, "cfg.yml")
-
-
-@pytest.fixture
-def cli_error(tmp_path, capsys):
-    """Run `evomerge evolve` on a config; return its one-line error (asserting exit 2 and that no
-    run dir was created)."""
-    def run(cfg: Path) -> str:
-        capsys.readouterr()
-        assert main(["evolve", str(cfg)]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1, err
-        assert not (cfg.parent / "run").exists()
-        return err
-    return run
 
 
 def test_unknown_strategy_from_the_cli(evolve_world, tmp_path, cli_error):

@@ -18,7 +18,6 @@ import transformers
 
 from evolve_world import continuation_files, save_with_tokenizer, write_config
 from evomerge_jax.checkpoint import load
-from evomerge_jax.cli import main
 from evomerge_jax.dfs import known_path_target, path_spec_for, stack_sources, save_path_model
 from evomerge_jax.evolve.config import load_config
 from evomerge_jax.evolve.evaluate import Evaluator
@@ -137,18 +136,6 @@ def test_ps_dfs_end_to_end_and_resume(dfs_world, evolve_world, tmp_path):
             straight["best"]["recipe"]["values"]["used"]
     out = export_run(tmp_path / "b" / "run", tmp_path / "exported", log=lambda *_: None)
     assert (out / "path.json").is_file()
-
-
-@pytest.fixture
-def cli_error(capsys):
-    def run(cfg) -> str:
-        capsys.readouterr()
-        assert main(["evolve", str(cfg)]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1, err
-        assert not (cfg.parent / "run").exists()
-        return err
-    return run
 
 
 def test_bad_dfs_inputs(evolve_world, tmp_path, cli_error):
