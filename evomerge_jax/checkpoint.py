@@ -119,6 +119,18 @@ class TensorReader:
             raise CheckpointError(f"{file}: cannot read tensor {name!r} ({exc})") from None
         return np.asarray(value if dtype is None else value.astype(dtype))
 
+    def read_slice(self, name: str, index: tuple, dtype=None) -> np.ndarray:
+        """The block `index` (a tuple of slices) of a tensor, reading only those bytes (the
+        sharded loader: each host reads the blocks its devices hold)."""
+        if name not in self.files:
+            raise CheckpointError(f"{self.root}: tensor {name!r} is missing")
+        file = self.files[name]
+        try:
+            value = self._open(file).get_slice(name)[tuple(index)]
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{file}: cannot read tensor {name!r} ({exc})") from None
+        return np.asarray(value if dtype is None else value.astype(dtype))
+
     def check(self) -> None:
         """Report every missing, unexpected or misshapen tensor at once."""
         expected = hf_tensor_names(self.spec)

@@ -29,8 +29,39 @@ def _cmd_merge(args) -> int:
 
 
 def _cmd_evolve(args) -> int:
+    import os
+
+    distributed = args.coordinator or args.num_processes is not None or (
+        args.process_id is not None) or args.distributed or os.environ.get(
+        "JAX_COORDINATOR_ADDRESS")
+    if distributed:
+        from .evolve import distributed as dist
+        if not dist.is_child():  # see distributed.py: the runtime aborts, the parent explains
+            return dist.supervise(args.argv, args.process_id, args.coordinator, args.timeout)
+        dist.initialize(args.coordinator, args.num_processes, args.process_id,
+                        timeout_s=args.timeout)
     from .evolve.run import evolve
-    evolve(args.config, resume=args.resume, overwrite=args.overwrite)
+    try:
+        evolve(args.config, resume=args.resume, overwrite=args.overwrite)
+    except EvomergeError:
+        raise
+    except Exception as exc:  # a collective failed: in a multi-process run, say how to go on
+        from .evolve.distributed import peer_failure
+        failure = peer_failure(exc) if distributed else None
+        if failure is None:
+            raise
+        raise failure from None
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from .evolve.config import load_config
+    from .evolve.memory_plan import plan_stages, plan_table
+    from .evolve.report import print_table
+    plans = plan_stages(load_config(args.config), args.devices, args.device_memory, args.mesh,
+                        seq_len=args.seq_len)  # refuses (one line) a layout that cannot fit
+    for plan in plans:
+        print_table(plan_table(plan))
     return 0
 
 
@@ -63,7 +94,39 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("config", type=Path, help="evolve config (YAML)")
     evolve.add_argument("--resume", action="store_true", help="continue the run in output_dir")
     evolve.add_argument("--overwrite", action="store_true", help="replace a run in output_dir")
+    hosts = evolve.add_argument_group(
+        "several processes (hosts)", "start every process with the same config and flags (each "
+        "with its own --process-id); process 0 writes the run dir, which must be on a shared "
+        "file system for --resume")
+    hosts.add_argument("--distributed", action="store_true",
+                       help="join a TPU pod slice, Slurm or MPI job, or the JAX_COORDINATOR_ADDRESS "
+                            "/ JAX_NUM_PROCESSES / JAX_PROCESS_ID variables (jax.distributed)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0's coordinator service")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
+    hosts.add_argument("--timeout", type=int, default=300, metavar="SECONDS",
+                       help="how long to wait for every process to join (default 300)")
     evolve.set_defaults(func=_cmd_evolve)
+    plan = sub.add_parser(
+        "plan", help="bytes per device of an evolve config's pass, without loading weights",
+        description="Plan an evolve run's memory per device from config.json and safetensors "
+                    "headers (no weights loaded): source weights, magnitude tables, merge "
+                    "buffers, activations, KV caches, global tensors, logits, and the candidates "
+                    "per device call. Exits 2 with what to change when it cannot fit.")
+    plan.add_argument("config", type=Path, metavar="CONFIG.yml", help="evolve config (YAML)")
+    plan.add_argument("--devices", type=int, metavar="N",
+                      help="devices of the run (default: those of --mesh POPxMODEL, else 1)")
+    plan.add_argument("--device-memory", metavar="SIZE",
+                      help="memory of one device, e.g. 32GB, 16GiB, 80GB (default: this "
+                           "machine's, as evolve sees it)")
+    plan.add_argument("--mesh", metavar="POPxMODEL",
+                      help="device mesh, e.g. 4x2 or auto (default: the config's compute.mesh)")
+    plan.add_argument("--seq-len", type=int, default=256, metavar="TOKENS",
+                      help="tokens per row (a generate task's prompt) assumed for a task whose "
+                           "data files are absent (default 256)")
+    plan.set_defaults(func=_cmd_plan)
+
     export = sub.add_parser("export", help="write a run's best candidate as a Hugging Face dir")
     export.add_argument("run_dir", type=Path)
     export.add_argument("out_dir", type=Path)
@@ -101,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except EvomergeError as exc:

@@ -71,11 +71,12 @@ def inside_nll(evaluator, genomes, keys):
 
 def test_memory_budget_splits_population(engine):
     search, tasks, tokenizer, evaluator = engine
+    fixed = evaluator.resident + search.model.fixed_memory()  # the weights, the layer merging
     small = Evaluator(search.model, search.weights, tasks, tokenizer, population=POPULATION,
-                      memory_budget=str(evaluator.resident + int(1.5 * evaluator.per_candidate)))
+                      memory_budget=str(fixed + int(1.5 * evaluator.per_candidate)))
     assert small.chunk == 1 and evaluator.chunk == POPULATION
     assert Evaluator(search.model, search.weights, tasks, tokenizer, population=POPULATION,
-                     memory_budget=str(evaluator.resident + 4 * evaluator.per_candidate)).chunk == 3
+                     memory_budget=str(fixed + 4 * evaluator.per_candidate)).chunk == 3
     genomes, keys = _genomes(search, POPULATION, 1), candidate_keys(0, 1, range(POPULATION))
     rows = [t.fitness_rows(0, i, 1) for i, t in enumerate(tasks)]
     whole = evaluator.fitness_scores(genomes, keys, rows)

@@ -109,6 +109,9 @@ class StrategySection(_Strict):
     mean: float = 0.5
     sigma: float = Field(DEFAULT_SIGMA, gt=0)
     seed: int = 0
+    # Generation 0 scores the initial mean itself as its first candidate: a DFS mean decodes to
+    # model A exactly (in ps+dfs, the PS result), so the run can never select below its start.
+    include_mean: bool = False
     params: dict[str, float | int | bool] = Field(default_factory=dict)
     options: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
@@ -202,7 +205,16 @@ class TaskSection(_Strict):
         return self
 
 
+class MeshSection(_Strict):
+    """The device mesh: `pop` devices score different candidates, `model` devices split each
+    weight tensor (see evolve/mesh.py). `pop` defaults to the devices left over by `model`."""
+
+    pop: PositiveInt | None = None
+    model: PositiveInt = 1
+
+
 class ComputeSection(_Strict):
+    mesh: Literal["auto"] | MeshSection = "auto"
     memory_budget: str | None = None
     chunk_size: PositiveInt | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None

@@ -29,12 +29,15 @@ import jax
 import numpy as np
 
 from ..arch import ModelSpec
-from ..checkpoint import TensorReader, load, read_config
+from ..arch import global_hf_name, layer_hf_name
+from ..checkpoint import DTYPES, Checkpoint, TensorReader, read_config
 from ..dfs import (PathSpec, check_compatible, decode, decode_path, initial_genome,
-                   population_generate, population_hidden, save_path_model, stack_sources)
+                   population_generate, population_hidden, save_path_model)
 from ..fileio import atomic_write_text
 from ..model import unembed
-from .config import DFS_STRATEGY, DFSSection, EvolveConfig, dump_config
+from .config import DFS_STRATEGY, DFSSection, EvolveConfig
+from .distributed import barrier, is_main
+from .mesh import make_mesh, read_global, weight_shardings
 from .strategy import build_strategy
 from .tasks import load_tasks, load_tokenizer
 
@@ -76,6 +79,7 @@ class DFSModel:
     spec: ModelSpec
     path_spec: PathSpec
     global_batch: int = 1
+    dtype: str = "float32"  # the stack's (for the memory estimate)
 
     def candidates(self, genomes_pd, keys_p2):
         return {"genomes": genomes_pd}
@@ -94,20 +98,17 @@ class DFSModel:
                                    mask_bs, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
                                    pad_id=pad_id)
 
-    def memory(self, rows: int, seq: int, new_tokens: int = 0) -> tuple[int, int]:
-        """Estimated bytes per candidate (activations of one slot, attention scores, the hidden
-        state carried through the scan, one KV cache per usable slot when generating) and per
-        candidate of the head map (logits and their temporaries). No weights are per candidate."""
-        spec = self.spec
+    def memory(self, rows: int, seq: int, new_tokens: int = 0, model_axis: int = 1):
+        """(bytes per candidate, per candidate of the head map) of one batch, as
+        `memory_plan.Bytes` (memory_plan.py holds the formulas): no weights are per candidate."""
+        from .memory_plan import Workload, dfs_candidate_bytes
+
         lo, hi = self.path_spec.window
-        total = seq + new_tokens
-        act = rows * total * (8 * spec.hidden_size + 3 * spec.intermediate_size) * 4
-        scores = rows * spec.num_heads * total * (seq if new_tokens == 0 else 1) * 4 * 2
-        per_candidate = act + scores
-        if new_tokens:
-            per_candidate += (2 * (hi - lo) * rows * total * spec.num_kv_heads * spec.head_dim * 4
-                              + rows * spec.vocab_size * 4 * 3)
-        return per_candidate, rows * max(seq, 1) * spec.vocab_size * 4 * 3
+        return dfs_candidate_bytes(self.spec, hi - lo, self.dtype, Workload(rows, seq, new_tokens),
+                                   model_axis)
+
+    def fixed_memory(self, model_axis: int = 1) -> int:
+        return 0
 
 
 class DFSSearch:
@@ -127,13 +128,49 @@ class DFSSearch:
     def num_dims(self) -> int:
         return self.path_spec.num_genes
 
-    def load(self):
-        ckpts = [load(path, self.dtype) for path in self.sources]
-        self.stack = stack_sources(ckpts, self.path_spec.source_names)
-        del ckpts
+    def _stack_layout(self):
+        """(stack spec, A's HF config) from the configs alone: A's architecture with A's layers
+        then B's (`dfs.stack_sources` without the tensors)."""
+        (_, a_cfg, a_spec), (_, _, b_spec) = (read_config(p) for p in self.sources)
+        return a_spec.with_num_layers(a_spec.sliding_layers + b_spec.sliding_layers), a_cfg
+
+    def weight_layout(self) -> tuple:
+        """(stack spec, ShapeDtypeStructs of the stack's params), before loading."""
+        spec, dt = self._stack_layout()[0], DTYPES[self.dtype]
+        shapes = {n: jax.ShapeDtypeStruct(spec.global_shape(n), dt) for n in spec.global_tensors}
+        shapes["layers"] = {n: jax.ShapeDtypeStruct((spec.num_layers,) + spec.layer_shape(n), dt)
+                            for n in spec.layer_tensors}
+        return spec, shapes
+
+    def _read_stack(self, mesh) -> Checkpoint:
+        """The source stack (`dfs.stack_sources`) as global arrays on `mesh`, each process
+        reading only the blocks its devices hold."""
+        spec, a_cfg = self._stack_layout()
+        readers = [TensorReader(p) for p in self.sources]
+        shapes = self.weight_layout()[1]
+        shardings = weight_shardings(mesh, spec, shapes)
+        dt = DTYPES[self.dtype]
+        a_layers = readers[0].spec.num_layers
+
+        def layer_block(name):
+            def read_one(ids, own):
+                src, layer = (0, ids[0]) if ids[0] < a_layers else (1, ids[0] - a_layers)
+                return readers[src].read_slice(layer_hf_name(name, layer), own, dt)
+            return read_one
+
+        params = {n: read_global(shapes[n].shape, dt, shardings[n], 0, lambda ids, own, n=n:
+                                 readers[0].read_slice(global_hf_name(n), own, dt))
+                  for n in spec.global_tensors}
+        params["layers"] = {n: read_global(shapes["layers"][n].shape, dt, shardings["layers"][n],
+                                           1, layer_block(n)) for n in spec.layer_tensors}
+        return Checkpoint(spec=spec, params=params, config=a_cfg, source_dir=self.sources[0])
+
+    def load(self, mesh=None):
+        """Read the stack onto `mesh` (default: the first local device alone)."""
+        self.stack = self._read_stack(mesh or make_mesh(jax.local_devices()[:1], 1, 1))
         self.weights = self.stack.params
         generic = dataclasses.replace(self.path_spec, source_names=_GENERIC_NAMES[:2])
-        self.model = DFSModel(self.stack.spec, generic)
+        self.model = DFSModel(self.stack.spec, generic, dtype=self.dtype)
         return self
 
     def initial_mean(self) -> np.ndarray:
@@ -168,10 +205,13 @@ class DFSSearch:
 
     def export(self, genome, key_data, out_dir, *, overwrite=False, note: str = "") -> Path:
         """The path folded into a plain checkpoint of A's architecture (+ path.json, path.png)."""
-        if self.stack is None:
-            self.load()
+        stack = self.stack
+        if stack is None or not all(x.is_fully_addressable for x in jax.tree.leaves(stack.params)):
+            # No stack yet (`evomerge export`), or one spread over several hosts: read the files
+            # onto this process's first device (the fold reads one tensor at a time from it).
+            stack = self._read_stack(make_mesh(jax.local_devices()[:1], 1, 1))
         path = decode_path(self.path_spec, np.asarray(genome, np.float32))
-        return save_path_model(self.stack, path, out_dir, overwrite=overwrite,
+        return save_path_model(stack, path, out_dir, overwrite=overwrite,
                                tokenizer_from=self.cfg.tokenizer)
 
 
@@ -212,26 +252,28 @@ def stage_configs(cfg: EvolveConfig) -> tuple[EvolveConfig, EvolveConfig]:
 def evolve_ps_dfs(cfg: EvolveConfig, *, resume: bool = False, overwrite: bool = False, **kwargs):
     """Run (or resume) both stages; returns the DFS stage's results with the PS best under "ps"
     (also written to RUN_DIR/results.json). `kwargs`: those of `run.evolve_config`."""
-    from .run import _check_run_dir, evolve_config, export_run, prepare
+    from .run import evolve_config, export_run, prepare, start_run_dir
 
     log = kwargs.get("log", print)
     ps_cfg, dfs_cfg = stage_configs(cfg)
     prepare(ps_cfg, log)  # every check of both stages before any compute
     prepare_dfs(dfs_cfg, log, a_stand_in=Path(cfg.base_model))
-    run_dir = _check_run_dir(cfg, resume, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yml", dump_config(cfg))
+    run_dir = start_run_dir(cfg, resume, overwrite)
     ps_dir, model_dir = Path(ps_cfg.output_dir), Path(dfs_cfg.dfs.a)
     if (ps_dir / "results.json").is_file():
         log(f"PS stage finished earlier ({ps_dir}); not rerun")
     else:
         evolve_config(ps_cfg, resume=resume and (ps_dir / "config.yml").is_file(),
                       **{**kwargs, "export": False})
-    if not (model_dir / "config.json").is_file():
+    export_a = not (model_dir / "config.json").is_file()
+    barrier("ps+dfs: PS model checked")  # every process decided before process 0 writes it
+    if export_a and is_main():
         export_run(ps_dir, model_dir, overwrite=True, log=log)
+    barrier("ps+dfs: PS model written")
     dfs_dir = Path(dfs_cfg.output_dir)
     results = evolve_config(dfs_cfg, resume=resume and (dfs_dir / "config.yml").is_file(),
                             **kwargs)
     results = {**results, "ps": json.loads((ps_dir / "results.json").read_text())["best"]}
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    if is_main():
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results

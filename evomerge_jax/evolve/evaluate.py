@@ -1,10 +1,12 @@
-"""Score a population on the tasks: one compiled pass per population chunk, the population axis
-sharded over every local device, chunks sized by a memory budget.
+"""Score a population on the tasks: one compiled pass per population chunk over a (pop, model)
+device mesh (see mesh.py), chunks sized by a memory budget.
 
 The pass is generic over the population model (`PSModel`, `PlainModel`, and DFS's model): it
 decodes the genomes on device (`model.candidates`), runs each task's kernel and returns per-row
-outputs. `jax.shard_map` gives each device its slice of the candidates and the full (replicated)
-weights, so a candidate's arithmetic is the same on one device and on eight.
+outputs. `jax.shard_map`, manual over `pop` only, gives each row of the mesh its slice of the
+candidates; the weights are split over `model` as they were placed and XLA partitions that axis,
+so a candidate's arithmetic is the same on one device, on eight, and on several hosts. The
+outputs are gathered onto every device (they are small), so that every process reads them whole.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -21,22 +22,25 @@ from ..arch import ModelSpec
 from ..fileio import parse_size
 from ..generation import greedy_generate
 from ..model import hidden_states, unembed
+from .mesh import MODEL, POP, make_mesh, put_global, weight_shardings
 from .metrics import accumulate, finalize, generation_of, run_tasks
 from .xla_options import merge_jit
-
-_POP = "pop"
 
 
 @partial(merge_jit, static_argnames=("model", "generations", "mesh"))
 def population_pass(model, generations, mesh, weights, genomes_pd, keys_p2, batch):
-    """Every task's outputs for every candidate (see `metrics.run_tasks`); leading axis P."""
+    """Every task's outputs for every candidate (see `metrics.run_tasks`); leading axis P,
+    replicated on every device."""
 
     def local(weights, genomes, keys, batch):
         return run_tasks(model, generations, weights, model.candidates(genomes, keys), batch)
 
-    spec = PartitionSpec(_POP)
-    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), spec, spec, PartitionSpec()),
-                         out_specs=spec, check_vma=False)(weights, genomes_pd, keys_p2, batch)
+    rows, whole = PartitionSpec(POP), PartitionSpec()
+    # Unsplit weights: manual over the whole mesh, so XLA's partitioner has nothing to do.
+    manual = {POP} if mesh.shape[MODEL] > 1 else set(mesh.axis_names)
+    out = jax.shard_map(local, mesh=mesh, in_specs=(whole, rows, rows, whole), out_specs=rows,
+                        axis_names=manual, check_vma=False)(weights, genomes_pd, keys_p2, batch)
+    return jax.lax.with_sharding_constraint(out, NamedSharding(mesh, whole))
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,11 @@ class PlainModel:
         return greedy_generate(params, self.spec, tokens_bs, mask_bs,
                                max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)[None]
 
-    def memory(self, rows, seq, new_tokens=0):
+    def memory(self, rows, seq, new_tokens=0, model_axis=1):
         return 0, 0
+
+    def fixed_memory(self, model_axis=1):
+        return 0
 
 
 def available_memory(device) -> int:
@@ -80,18 +87,29 @@ class Evaluator:
 
     def __init__(self, model, weights, tasks, tokenizer, *, population: int = 1,
                  memory_budget: str | None = None, chunk_size: int | None = None,
-                 global_batch: int | None = None, devices=None, log=print):
-        devices = list(devices or jax.local_devices())
-        self.mesh = Mesh(np.array(devices), (_POP,))
-        self.n_dev = len(devices)
+                 global_batch: int | None = None, devices=None, mesh=None, log=print):
+        """`mesh` (pop, model) defaults to every local device (or `devices`) on `pop`; the
+        weights are placed on it as mesh.py splits them (a no-op for weights loaded there)."""
+        if mesh is None:
+            devices = list(devices or jax.local_devices())
+            mesh = make_mesh(devices, len(devices), 1)
+        self.mesh = mesh
+        self.n_dev = mesh.shape[POP]  # candidates are split over the pop axis only
         self.tasks, self.tokenizer, self.log = tuple(tasks), tokenizer, log
-        self.weights = jax.device_put(weights, NamedSharding(self.mesh, PartitionSpec()))
-        self.resident = sum(x.nbytes for x in jax.tree.leaves(weights))
+        self.weights = jax.device_put(weights, weight_shardings(mesh, model.spec, weights))
+        leaves = jax.tree.leaves(self.weights)
+        self.resident = sum(x.nbytes for x in leaves)
+        self.resident_per_device = sum(
+            int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in leaves)
+        # This process's first device: only its own devices report their memory.
+        device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+        n_all = mesh.devices.size
         if memory_budget is not None:
             total = parse_size(memory_budget)
         else:
-            total = available_memory(devices[0]) * (1 if devices[0].platform == "cpu" else self.n_dev)
-        self.budget = total - self.resident
+            total = available_memory(device) * (1 if device.platform == "cpu" else n_all)
+        # Every device holds its share of one copy of the weights (model axis) per pop row.
+        self.budget = total - self.resident_per_device * n_all
         self.seq_len = max((t.seq_len for t in self.tasks if t.cfg.type != "generate"), default=0)
         self.generations = tuple(generation_of(t) for t in self.tasks if t.cfg.type == "generate")
         self.chunk, self.global_batch = self._plan(model, population, chunk_size, global_batch)
@@ -101,35 +119,31 @@ class Evaluator:
         """Candidates per device call (a multiple of the device count, at most the population)
         and the global-tensor batch, from the estimated bytes per candidate of one batch of every
         task; `chunk_size` and `global_batch` override (a resumed run reuses its plan)."""
-        teacher = [t for t in self.tasks if t.cfg.type != "generate"]
-        rows = sum(_rows(t) for t in teacher)
-        per_cand, per_global = model.memory(rows, self.seq_len) if teacher else (0, 0)
-        for task in self.tasks:
-            if task.cfg.type == "generate":
-                new = task.cfg.max_new_tokens
-                c, g = model.memory(task.cfg.batch_size, task.seq_len - new, new)
-                per_cand, per_global = per_cand + c, max(per_global, g)
-        per_cand, per_global = max(per_cand, 1), max(per_global, 1)
+        from .memory_plan import choose_chunk, pass_bytes, shape_of, workloads
+        from .mesh import MODEL
+
+        axis = self.mesh.shape.get(MODEL, 1)
+        scan, glob = pass_bytes(partial(model.memory, model_axis=axis),
+                                workloads(shape_of(t) for t in self.tasks))
+        per_cand, per_global = max(int(scan), 1), max(int(glob), 1)
         self.per_candidate = per_cand
-        per_device = max(self.budget, 0) // self.n_dev
-        local = max(1, int(per_device * 0.75 // per_cand))
-        if per_device * 0.75 < per_cand and not chunk_size:
-            self.log(f"warning: the memory budget beyond the weights "
-                     f"({max(self.budget, 0) / 2**20:.0f} MiB) is below one candidate's estimated "
-                     f"{per_cand / 2**20:.0f} MiB; scoring one candidate per device at a time")
-        local = min(local, -(-population // self.n_dev))
-        if chunk_size:
-            local = max(1, -(-chunk_size // self.n_dev))
-        if global_batch is None:
-            global_batch = max(1, min(local, int(per_device * 0.25 // per_global)))
+        free = max(self.budget, 0) // self.mesh.devices.size - model.fixed_memory(axis)
+        local, global_batch, fits = choose_chunk(free, per_cand, per_global, population,
+                                                 self.n_dev, chunk_size, global_batch)
+        if not fits and not chunk_size:
+            need = max(per_cand, per_global) / 2**20
+            self.log(f"warning: a device's memory budget beyond the weights ({free / 2**20:.0f} "
+                     f"MiB) is below one candidate's estimated {need:.0f} MiB (see `evomerge "
+                     "plan`); scoring one candidate per device at a time")
         return local * self.n_dev, global_batch
 
     def _call(self, genomes, keys, batch):
         """Run the pass over the population in chunks; outputs concatenated on P."""
         n = len(genomes)
         size = min(self.chunk, -(-n // self.n_dev) * self.n_dev)
-        shard = NamedSharding(self.mesh, PartitionSpec(_POP))
-        batch = jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec()))
+        shard = NamedSharding(self.mesh, PartitionSpec(POP))
+        whole = NamedSharding(self.mesh, PartitionSpec())
+        batch = jax.tree.map(lambda x: put_global(x, whole), batch)
         model = self.model
         if hasattr(model, "global_batch"):  # never more than a device's candidates: one program
             model = replace(model, global_batch=min(self.global_batch, size // self.n_dev))
@@ -141,8 +155,8 @@ class Evaluator:
                 g = np.concatenate([g, np.repeat(g[:1], pad, 0)])
                 k = np.concatenate([k, np.repeat(k[:1], pad, 0)])
             out = population_pass(model, self.generations, self.mesh, self.weights,
-                                  jax.device_put(jnp.asarray(g, jnp.float32), shard),
-                                  jax.device_put(jnp.asarray(k, jnp.uint32), shard), batch)
+                                  put_global(np.asarray(g, np.float32), shard),
+                                  put_global(np.asarray(k, np.uint32), shard), batch)
             outs.append(jax.tree.map(lambda x: np.asarray(x)[:size - pad], out))
         return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
@@ -152,11 +166,11 @@ class Evaluator:
         host = [t.batch(split, r) for t, r in zip(self.tasks, rows_per_task)]
         teacher = [b for t, b in zip(self.tasks, host) if t.cfg.type != "generate"]
         device = {"teacher": None, "generate": tuple(
-            {k: jnp.asarray(b[k]) for k in ("tokens", "mask")}
+            {k: np.asarray(b[k]) for k in ("tokens", "mask")}
             for t, b in zip(self.tasks, host) if t.cfg.type == "generate")}
         if teacher:
             device["teacher"] = {
-                k: jnp.asarray(np.concatenate([_pad_cols(b[k], self.seq_len) for b in teacher]))
+                k: np.concatenate([_pad_cols(b[k], self.seq_len) for b in teacher])
                 for k in ("tokens", "mask", "labels", "scored")}
         return host, device
 
@@ -195,11 +209,6 @@ class Evaluator:
                     for t, c in zip(self.tasks, chunks)]
             self._score(genomes, keys, split, rows, sums)
         return self._finish(sums)
-
-
-def _rows(task) -> int:
-    data = task.splits["fitness"].arrays["tokens"]
-    return task.cfg.batch_size * (data.shape[1] if data.ndim == 3 else 1)
 
 
 def _pad_cols(x: np.ndarray, width: int) -> np.ndarray:

@@ -8,7 +8,9 @@ implements the same way (routing layers instead of merging them):
     hidden(weights, cand, tokens [B, S], mask [B, S]) -> h [P, B, S, D]
     head_map(weights, cand, h, fn) -> fn(logits [B, S, V]) for each candidate, stacked on P
     generate(weights, cand, tokens, mask, ...) -> new tokens [P, B, new]   (greedy, KV cache)
-    memory(rows, seq, new_tokens) -> (bytes per candidate, bytes per global-tensor candidate)
+    memory(rows, seq, new_tokens, model_axis) -> (bytes per candidate, per global-tensor
+        candidate), as `memory_plan.Bytes`; fixed_memory(model_axis) -> bytes per device that
+        do not grow with the candidates (memory_plan.py holds every formula)
 
 Memory. The scan step receives layer l of the base and of the K sources, merges it for the P
 candidates (vmap: P × one layer), and applies it. The global tensors (embed, lm_head: the largest
@@ -202,20 +204,15 @@ class PSModel:
         return greedy_loop(embed_fn, layers_fn, unembed_fn, caches, tokens_bs, mask_bs, spec,
                            max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
 
-    def memory(self, rows: int, seq: int, new_tokens: int = 0) -> tuple[int, int]:
-        """Estimated bytes per candidate of the scan (merged layer with its float32 temporaries,
-        activations, KV cache) and per candidate of the global-tensor map (merged embed or head
-        with temporaries, logits). An estimate for choosing chunk sizes, not a bound."""
-        spec, k = self.spec, self.layout.num_sources
-        layer = sum(int(np.prod(spec.layer_shape(n))) for n in spec.layer_tensors)
-        merge = layer * 4 * (2 * k + 4)
-        total = seq + new_tokens
-        act = rows * total * (8 * spec.hidden_size + 3 * spec.intermediate_size) * 4
-        scores = rows * spec.num_heads * total * (seq if new_tokens == 0 else 1) * 4 * 2
-        vocab = spec.vocab_size * spec.hidden_size
-        per_candidate = merge + act + scores
-        if new_tokens:
-            per_candidate += (2 * spec.num_layers * rows * total * spec.num_kv_heads
-                              * spec.head_dim * 4 + 2 * vocab * 4)
-        per_global = vocab * 4 * (2 * k + 4) + rows * seq * spec.vocab_size * 4 * 3
-        return per_candidate, per_global
+    def memory(self, rows: int, seq: int, new_tokens: int = 0, model_axis: int = 1):
+        """(bytes per candidate of the layer scan, per candidate of the global-tensor map) of one
+        batch, as `memory_plan.Bytes`: the planner's formulas (memory_plan.py), one place."""
+        from .memory_plan import Workload, ps_candidate_bytes
+
+        return ps_candidate_bytes(self.spec, self.layout.num_sources, self.dtype,
+                                  Workload(rows, seq, new_tokens), model_axis)
+
+    def fixed_memory(self, model_axis: int = 1) -> int:
+        from .memory_plan import shared_merge_bytes
+
+        return shared_merge_bytes(self.spec, self.layout.num_sources, model_axis)

@@ -2,7 +2,8 @@
 assembled from an `EvolveConfig` into a `Search` (see `search.py`).
 
 Source weights are stacked once: global tensors [K, ...] and per-layer tensors [L, K, ...]
-(layers first, then sources, then the tensor's own axes). For the magnitude sparsifiers (TIES,
+(layers first, then sources, then the tensor's own axes), read straight onto the device mesh
+(mesh.py: each process reads only the blocks its devices hold). For the magnitude sparsifiers (TIES,
 breadcrumbs) the sorted-magnitude table of every task vector is precomputed too (DESIGN.md
 section 3, idea 2), so a candidate's trim is a lookup and a compare.
 """
@@ -16,11 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..checkpoint import TensorReader, load, read_config
+from ..arch import global_hf_name, layer_hf_name
+from ..checkpoint import DTYPES, TensorReader, read_config
 from ..errors import ConfigError
 from ..merge.sparsify import magnitude_table
 from ..merge.task_arithmetic import PRESETS
 from .genome import GenomeLayout, clip, make_layout
+from .mesh import make_mesh, read_global, weight_shardings
 from .population import PSModel
 
 _TABLE_SPARSIFIERS = ("magnitude", "magnitude_outliers")
@@ -59,23 +62,63 @@ def forward_dtype(cfg, base_dir: Path) -> str:
     return reader.dtype("model.embed_tokens.weight")
 
 
-def load_weights(cfg, dtype: str, uses_tables: bool) -> dict:
-    """{"base": params, "sources": stacked params, "tables": sorted |task vector| or {}}."""
-    base = load(cfg.base_model, dtype).params
-    sources = [load(path, dtype).params for path in cfg.models]
-    stacked = {name: jnp.stack([s[name] for s in sources]) for name in base if name != "layers"}
-    stacked["layers"] = {name: jnp.stack([s["layers"][name] for s in sources], axis=1)
-                         for name in base["layers"]}
-    del sources
-    tables: dict = {}
-    if uses_tables:
-        sort_k = jax.jit(jax.vmap(lambda b, x: magnitude_table(x.astype(jnp.float32)
-                                                               - b.astype(jnp.float32)),
-                                  in_axes=(None, 0)))
-        tables = {name: sort_k(base[name], stacked[name]) for name in stacked if name != "layers"}
-        tables["layers"] = {name: jax.vmap(sort_k)(base["layers"][name], stacked["layers"][name])
-                            for name in base["layers"]}
-    return {"base": base, "sources": stacked, "tables": tables}
+def weight_shapes(spec, num_sources: int, dtype: str, uses_tables: bool) -> dict:
+    """The ShapeDtypeStructs of `load_weights`'s pytree, read from the spec alone."""
+    dt, L, K = DTYPES[dtype], spec.num_layers, num_sources
+
+    def tree(lead: tuple, cast=dt, flat: bool = False) -> dict:
+        shape = (lambda s: (int(np.prod(s)),)) if flat else (lambda s: s)
+        out = {n: jax.ShapeDtypeStruct(lead + shape(spec.global_shape(n)), cast)
+               for n in spec.global_tensors}
+        out["layers"] = {n: jax.ShapeDtypeStruct((L,) + lead + shape(spec.layer_shape(n)), cast)
+                         for n in spec.layer_tensors}
+        return out
+
+    return {"base": tree(()), "sources": tree((K,)),
+            "tables": tree((K,), jnp.float32, flat=True) if uses_tables else {}}
+
+
+def load_weights(cfg, spec, dtype: str, uses_tables: bool, mesh) -> dict:
+    """{"base": params, "sources": stacked params, "tables": sorted |task vector| or {}}, as
+    global arrays placed on `mesh` (see mesh.py): each process reads from the safetensors files
+    only the blocks its devices hold."""
+    readers = [TensorReader(cfg.base_model)] + [TensorReader(m) for m in cfg.models]
+    shapes = weight_shapes(spec, len(cfg.models), dtype, uses_tables)
+    shardings = weight_shardings(mesh, spec, shapes)
+    dt = DTYPES[dtype]
+
+    def tensor(part: str, name: str, layered: bool):
+        x, sharding = shapes[part], shardings[part]
+        x, sharding = (x["layers"][name], sharding["layers"][name]) if layered else (
+            x[name], sharding[name])
+        stacked = int(layered) + (part == "sources")
+
+        def read_one(ids, own):
+            layer, source = (ids[0] if layered else None), (ids[-1] + 1 if part == "sources" else 0)
+            hf = layer_hf_name(name, layer) if layered else global_hf_name(name)
+            return readers[source].read_slice(hf, own, dt)
+
+        return read_global(x.shape, dt, sharding, stacked, read_one)
+
+    weights = {part: {n: tensor(part, n, False) for n in spec.global_tensors}
+               for part in ("base", "sources")}
+    for part in ("base", "sources"):
+        weights[part]["layers"] = {n: tensor(part, n, True) for n in spec.layer_tensors}
+    weights["tables"] = _tables(weights, shardings["tables"]) if uses_tables else {}
+    return weights
+
+
+def _tables(weights: dict, shardings: dict) -> dict:
+    """Sorted |task vector| of every source tensor [K, N] ([L, K, N] per layer), computed where
+    the sources lie and split like `shardings`."""
+    per_k = jax.vmap(lambda b, x: magnitude_table(x.astype(jnp.float32) - b.astype(jnp.float32)),
+                     in_axes=(None, 0))
+    base, sources = weights["base"], weights["sources"]
+    tables = {n: jax.jit(per_k, out_shardings=shardings[n])(base[n], sources[n])
+              for n in sources if n != "layers"}
+    tables["layers"] = {n: jax.jit(jax.vmap(per_k), out_shardings=shardings["layers"][n])(
+        base["layers"][n], sources["layers"][n]) for n in base["layers"]}
+    return tables
 
 
 class PSSearch:
@@ -97,8 +140,15 @@ class PSSearch:
     def num_dims(self) -> int:
         return self.layout.num_dims
 
-    def load(self):
-        self.weights = load_weights(self.cfg, self.dtype, self.model.uses_tables)
+    def weight_layout(self) -> tuple:
+        """(spec, ShapeDtypeStructs of the weights), before loading (the mesh is sized on it)."""
+        return self.spec, weight_shapes(self.spec, len(self.cfg.models), self.dtype,
+                                        self.model.uses_tables)
+
+    def load(self, mesh=None):
+        """Read the weights onto `mesh` (default: the first local device alone)."""
+        mesh = mesh or make_mesh(jax.local_devices()[:1], 1, 1)
+        self.weights = load_weights(self.cfg, self.spec, self.dtype, self.model.uses_tables, mesh)
         return self
 
     def initial_mean(self) -> np.ndarray:

@@ -18,7 +18,9 @@ from ..checkpoint import load, read_config
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from .config import EvolveConfig, dump_config, load_config
-from .evaluate import Evaluator, PlainModel
+from .distributed import agree, barrier, is_main
+from .evaluate import Evaluator, PlainModel, available_memory
+from .mesh import device_bytes, make_mesh, mesh_sizes
 from .ps import PSSearch, check_models, forward_dtype
 from .report import plot_fitness, plot_recipe, print_table, read_log, score_table
 from .search import Best, run_search
@@ -29,6 +31,10 @@ from .tasks import load_tasks, load_tokenizer
 def prepare(cfg: EvolveConfig, log=print):
     """Validate models, tokenizer, tasks and strategy; returns (search, tasks, tokenizer, strategy)
     with no weights loaded yet."""
+    if cfg.compute.mesh != "auto":  # explicit sizes must use every device: checked before any write
+        import jax
+
+        mesh_sizes(cfg.compute.mesh, jax.device_count(), lambda m: 0, 0)
     if cfg.search == "dfs":
         from .dfs_search import prepare_dfs
         return prepare_dfs(cfg, log)
@@ -45,7 +51,8 @@ def _first(scores: dict) -> dict:
     return {t: {m: float(np.asarray(v)[0]) for m, v in s.items()} for t, s in scores.items()}
 
 
-def _check_run_dir(cfg: EvolveConfig, resume: bool, overwrite: bool) -> Path:
+def _check_run_dir(cfg: EvolveConfig, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+    """(run dir, whether to wipe it first); reads only, so that every process can check."""
     run_dir = Path(cfg.output_dir)
     saved = run_dir / "config.yml"
     if resume:
@@ -59,19 +66,52 @@ def _check_run_dir(cfg: EvolveConfig, resume: bool, overwrite: bool) -> Path:
         if changed:
             raise ConfigError(f"{run_dir}: the config differs from the run's saved config.yml in "
                               f"{', '.join(changed)}; only strategy.generations may change on resume")
-        return run_dir
+        return run_dir, False
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise ConfigError(f"{run_dir}: output_dir already holds a run; pass --resume to "
                               "continue it or --overwrite to start over")
-        shutil.rmtree(run_dir)
+        return run_dir, True
+    return run_dir, False
+
+
+def start_run_dir(cfg: EvolveConfig, resume: bool, overwrite: bool) -> Path:
+    """Check the run dir on every process, then (process 0) wipe it if asked, create it and save
+    the config; every process returns once the dir is ready."""
+    barrier("run dir: before the checks")  # no process has touched the dir yet
+    run_dir, wipe = _check_run_dir(cfg, resume, overwrite)
+    barrier("run dir: checked")
+    if is_main():
+        if wipe:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yml", dump_config(cfg))
+    barrier("run dir: ready")
     return run_dir
+
+
+def build_mesh(cfg: EvolveConfig, search, devices=None, log=print):
+    """The (pop, model) mesh over `devices` (default: every process's devices) from
+    `compute.mesh`; under `auto` the weights' size picks the model axis (mesh.mesh_sizes)."""
+    import jax
+
+    devices = list(devices or jax.devices())
+    spec, shapes = search.weight_layout()
+    pop, model = mesh_sizes(cfg.compute.mesh, len(devices),
+                            lambda m: device_bytes(spec, shapes, m),
+                            available_memory(jax.local_devices()[0]), log)
+    pop, model = agree((pop, model))
+    return make_mesh(devices, pop, model)
 
 
 def evolve(config_path, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
            log=print, devices=None, on_generation=None, export: bool = True) -> dict:
-    """Run a search end to end; returns the results written to RUN_DIR/results.json."""
+    """Run a search end to end; returns the results written to RUN_DIR/results.json. In a
+    multi-process run (distributed.py) every process calls this; process 0 alone logs and
+    writes."""
     cfg = load_config(config_path)
+    if not is_main():
+        progress, log = False, _silent
     options = dict(progress=progress, log=log, devices=devices, on_generation=on_generation,
                    export=export)
     if cfg.search == "ps+dfs":
@@ -80,30 +120,38 @@ def evolve(config_path, *, resume: bool = False, overwrite: bool = False, progre
     return evolve_config(cfg, resume=resume, overwrite=overwrite, **options)
 
 
+def _silent(*_args) -> None:
+    pass
+
+
 def evolve_config(cfg: EvolveConfig, *, resume: bool = False, overwrite: bool = False,
                   progress: bool = True, log=print, devices=None, on_generation=None,
                   export: bool = True) -> dict:
     """`evolve` of a loaded config of one stage (search ps or dfs)."""
     search, tasks, tokenizer, strategy = prepare(cfg, log)
-    run_dir = _check_run_dir(cfg, resume, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yml", dump_config(cfg))
+    plan_path = Path(cfg.output_dir) / "plan.json"
+    plan = json.loads(plan_path.read_text()) if resume and plan_path.is_file() else {}
+    mesh = build_mesh(cfg, search, devices, log)
+    run_dir = start_run_dir(cfg, resume, overwrite)
     for note in strategy.notes:
         log(f"note: {note}")
-    search.load()
+    search.load(mesh)
     population = strategy.algo.population_size
-    plan_path = run_dir / "plan.json"
-    plan = json.loads(plan_path.read_text()) if resume and plan_path.is_file() else {}
     evaluator = Evaluator(search.model, search.weights, tasks, tokenizer, population=population,
                           memory_budget=cfg.compute.memory_budget,
                           chunk_size=plan.get("chunk_size", cfg.compute.chunk_size),
-                          global_batch=plan.get("global_batch"), devices=devices, log=log)
+                          global_batch=plan.get("global_batch"), mesh=mesh, log=log)
+    # Every process runs the same programs: process 0's plan (from its free memory) wins.
+    evaluator.chunk, evaluator.global_batch = agree((evaluator.chunk, evaluator.global_batch))
     # A resumed run reuses the chunking, so that it runs the very programs the first one ran.
-    atomic_write_text(plan_path, json.dumps({"chunk_size": evaluator.chunk,
-                                             "global_batch": evaluator.global_batch}) + "\n")
+    if is_main():
+        atomic_write_text(plan_path, json.dumps({"chunk_size": evaluator.chunk,
+                                                 "global_batch": evaluator.global_batch}) + "\n")
+    pop, model = mesh.devices.shape
     log(f"{cfg.search}: {search.num_dims} genes, population {population}, "
-        f"{cfg.strategy.generations} generations of {cfg.strategy.name}; {evaluator.n_dev} "
-        f"device(s), {evaluator.chunk} candidates per call")
+        f"{cfg.strategy.generations} generations of {cfg.strategy.name}; {mesh.devices.size} "
+        f"device(s) as a {pop} x {model} (pop x model) mesh, {evaluator.chunk} candidates per "
+        "call")
     best = run_search(search, strategy, evaluator, tasks, cfg.strategy, run_dir, resume=resume,
                       progress=progress, log=log, on_generation=on_generation)
     return finish(cfg, search, evaluator, tasks, tokenizer, best, run_dir, log=log, export=export)
@@ -111,26 +159,32 @@ def evolve_config(cfg: EvolveConfig, *, resume: bool = False, overwrite: bool = 
 
 def finish(cfg, search, evaluator, tasks, tokenizer, best: Best, run_dir: Path, *, log=print,
            export: bool = True) -> dict:
-    """Score the best on validation and test, export it, score the baselines, plot, tabulate."""
+    """Score the best on validation and test, export it, score the baselines, plot, tabulate.
+    Every process scores the best (a collective pass); process 0 alone does the rest, and every
+    process returns once the results are written."""
     genome, key = np.asarray([best.genome], np.float32), np.asarray([best.key], np.uint32)
     rows = {"evolved": {split: _first(evaluator.split_scores(genome, key, split))
                         for split in ("validation", "test")}}
-    note = (f"generation {best.generation}, candidate {best.candidate}, validation score "
-            f"{best.validation:.6g}")
-    if export:
-        search.export(best.genome, best.key, run_dir / "best", overwrite=True, note=note)
-    if cfg.baselines:
-        for label, path in [("base", cfg.base_model), *[(Path(m).name, m) for m in cfg.models]]:
-            rows[f"source {label}" if label != "base" else "base"] = score_model(
-                path, tasks, tokenizer, ("validation", "test"), cfg.compute.dtype, log)
     results = {"best": {"generation": best.generation, "candidate": best.candidate,
                         "validation_score": best.validation, "fitness_score": best.fitness,
                         "recipe": search.describe(best.genome)},
                "scores": rows}
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    plot_fitness(read_log(run_dir / "log.jsonl"), run_dir / "fitness.png")
-    plot_recipe(results["best"]["recipe"], run_dir / "recipe.png")
-    print_table(score_table(rows, title=f"{run_dir.name}: best of generation {best.generation}"))
+    if is_main():
+        note = (f"generation {best.generation}, candidate {best.candidate}, validation score "
+                f"{best.validation:.6g}")
+        if export:
+            search.export(best.genome, best.key, run_dir / "best", overwrite=True, note=note)
+        if cfg.baselines:
+            for label, path in [("base", cfg.base_model),
+                                *[(Path(m).name, m) for m in cfg.models]]:
+                rows[f"source {label}" if label != "base" else "base"] = score_model(
+                    path, tasks, tokenizer, ("validation", "test"), cfg.compute.dtype, log)
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        plot_fitness(read_log(run_dir / "log.jsonl"), run_dir / "fitness.png")
+        plot_recipe(results["best"]["recipe"], run_dir / "recipe.png")
+        print_table(score_table(rows, title=f"{run_dir.name}: best of generation "
+                                            f"{best.generation}"))
+    barrier(f"finished {run_dir}")
     return results
 
 

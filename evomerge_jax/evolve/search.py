@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from ..fileio import atomic_write_text
+from .distributed import is_main
 from .evaluate import combine
 from .population import candidate_keys
 from .strategy import Strategy, losses
@@ -34,7 +34,8 @@ class Search(Protocol):
     """A search space: genomes of `num_dims` genes, scored through a population model.
 
     `model` implements the population-model interface of `population.py` (candidates, hidden,
-    head_map, generate, memory) over the device pytree `weights` (set by `load`); `clip` maps raw
+    head_map, generate, memory) over the device pytree `weights` (set by `load`, which places
+    them on a mesh; `weight_layout` gives their spec and shapes beforehand); `clip` maps raw
     strategy samples into the genome's domain and counts the genes it moved; `describe` is the
     JSON recipe of one genome (logs, results, heatmap: {"groups", "sources", "values"});
     `export` writes one candidate (genome and merge key) as a Hugging Face dir.
@@ -46,7 +47,8 @@ class Search(Protocol):
 
     @property
     def num_dims(self) -> int: ...
-    def load(self) -> "Search": ...
+    def weight_layout(self) -> tuple: ...
+    def load(self, mesh=None) -> "Search": ...
     def initial_mean(self) -> np.ndarray: ...
     def clip(self, genomes: np.ndarray) -> tuple[np.ndarray, int]: ...
     def describe(self, genome: np.ndarray) -> dict: ...
@@ -89,11 +91,17 @@ def _template(strategy: Strategy, seed: int, mean: np.ndarray):
     state = strategy.init(seed, mean)
     population, state = strategy.ask(seed, 0, state, mean)
     state = strategy.tell(seed, 0, state, population, np.zeros(len(population), np.float32))
-    return jax.tree.map(jnp.asarray, state)
+    return _host(state)
+
+
+def _host(state):
+    """The strategy state as numpy: every process holds the same copy, and orbax saves numpy
+    leaves from the primary process alone (device arrays would be one per process)."""
+    return jax.tree.map(np.asarray, state)
 
 
 def _truncate_log(path: Path, next_generation: int) -> None:
-    if not path.exists():
+    if not is_main() or not path.exists():
         return
     keep = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["generation"] < next_generation]
@@ -112,9 +120,8 @@ def run_search(search: Search, strategy: Strategy, evaluator, tasks, scfg, run_d
     if resume and manager.latest_step() is not None:
         step = manager.latest_step()
         template = {"state": _template(strategy, seed, mean)}
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         restored = manager.restore(step, args=ocp.args.Composite(
-            tree=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            tree=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
         state, start = restored.tree["state"], restored.meta["next_generation"]
         best = Best(**restored.meta["best"]) if restored.meta["best"] else None
         log(f"resuming at generation {start} of {generations}")
@@ -137,7 +144,8 @@ def run_search(search: Search, strategy: Strategy, evaluator, tasks, scfg, run_d
         if np.isfinite(val_score) and (best is None or val_score > best.validation):
             best = Best(generation, top, val_score, float(total[top]),
                         genomes[top].tolist(), keys[top].tolist())
-            best.save(best_path)
+            if is_main():
+                best.save(best_path)
         if bad:
             log(f"warning: generation {generation}: {bad} candidate(s) with non-finite fitness "
                 "ranked last")
@@ -155,10 +163,11 @@ def run_search(search: Search, strategy: Strategy, evaluator, tasks, scfg, run_d
                 "generation": best.generation, "candidate": best.candidate,
                 "validation": best.validation},
         }
-        with log_path.open("a") as handle:
-            handle.write(json.dumps(line) + "\n")
-        manager.save(generation, args=ocp.args.Composite(
-            tree=ocp.args.StandardSave({"state": state}),
+        if is_main():
+            with log_path.open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
+        manager.save(generation, args=ocp.args.Composite(  # every process takes part
+            tree=ocp.args.StandardSave({"state": _host(state)}),
             meta=ocp.args.JsonSave({"next_generation": generation + 1,
                                     "best": None if best is None else asdict(best)})))
         bar.update(generation, line)

@@ -1,0 +1,128 @@
+"""Two processes on this machine run one search (`evomerge evolve --coordinator ...`, CPU
+collectives over gloo, 2 simulated devices each, a 2 x 2 pop x model mesh spanning both), and
+give the log, best candidate and exported tensors of a single-process run. Timeouts turn a hang
+into a failure."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from evolve_world import echo_task, ppl_task, write_config
+from evomerge_jax.evolve.run import evolve
+
+TIMEOUT_S = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(cfg: Path, port: int, process_id: int, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "evomerge_jax.cli", "evolve", str(cfg), "--coordinator",
+         f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(process_id), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=Path(__file__).parent)
+
+
+def _wait(procs) -> list[tuple[int, str, str]]:
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=TIMEOUT_S)
+            results.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return results
+
+
+def _config(world, path: Path, **compute):
+    return write_config(path, world, [echo_task(world), ppl_task(world)],
+                        merge={"method": "task_arithmetic", "evolve": ["weight"]},
+                        strategy={"population_size": 8, "generations": 2, "seed": 0},
+                        output_dir=str(path.parent / "run"), compute=compute)
+
+
+def _log(run_dir: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("seconds")
+    return lines
+
+
+def _floats(tree, out=None) -> list:
+    out = [] if out is None else out
+    if isinstance(tree, dict):
+        for key in sorted(tree):
+            _floats(tree[key], out)
+    elif isinstance(tree, list):
+        for x in tree:
+            _floats(x, out)
+    elif isinstance(tree, (int, float)) and tree is not None:
+        out.append(float(tree))
+    return out
+
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_hosts(evolve_world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("multihost")
+    (root / "two").mkdir()
+    cfg = _config(evolve_world, root / "two" / "cfg.yml", mesh={"pop": 2, "model": 2})
+    port = _free_port()
+    procs = [_launch(cfg, port, i) for i in (0, 1)]
+    # The single-process reference runs here meanwhile, on this process's one CPU device.
+    (root / "one").mkdir()
+    reference = evolve(_config(evolve_world, root / "one" / "cfg.yml"), progress=False,
+                       log=lambda *_: None)
+    outcome = _wait(procs)
+    for rc, _, err in outcome:
+        assert rc == 0, err[-3000:]
+    return root, reference, outcome
+
+
+def test_two_processes_match_one(two_hosts):
+    root, reference, outcome = two_hosts
+    two, one = root / "two" / "run", root / "one" / "run"
+    log_two, log_one = _log(two), _log(one)
+    assert [x["generation_best"]["candidate"] for x in log_two] == (
+        [x["generation_best"]["candidate"] for x in log_one])
+    np.testing.assert_allclose(_floats(log_two), _floats(log_one), rtol=1e-5)
+    results = json.loads((two / "results.json").read_text())
+    assert results["best"]["generation"] == reference["best"]["generation"]
+    assert results["best"]["candidate"] == reference["best"]["candidate"]
+    mine, theirs = load_file(two / "best" / "model.safetensors"), load_file(
+        one / "best" / "model.safetensors")
+    assert sorted(mine) == sorted(theirs)
+    for name in mine:
+        np.testing.assert_array_equal(mine[name], theirs[name], err_msg=name)
+    assert "2 x 2 (pop x model) mesh" in outcome[0][1]
+    # Process 1 logs nothing (process 0 speaks for the run); gloo itself prints its connections.
+    assert all(x.startswith("[Gloo]") for x in outcome[1][1].strip().splitlines())
+
+
+def test_a_missing_peer_is_one_line(evolve_world, tmp_path):
+    """Process 0 started alone: it gives up after --timeout with one line, exit 2."""
+    cfg = _config(evolve_world, tmp_path / "cfg.yml")
+    ((rc, _, err),) = _wait([_launch(cfg, _free_port(), 0, "--timeout", "5")])
+    assert rc == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: process 0 could not start with the coordinator "
+                                "127.0.0.1:"), err
+    assert "stack trace" not in err  # the runtime's abort is summed up in that line
+    assert not (tmp_path / "run").exists()
