@@ -30,6 +30,7 @@ def test_demo_quick_end_to_end(tmp_path):
         assert 0.0 <= r["l2_math"] <= 100.0 and 0.0 <= r["l2_general"] <= 100.0
         assert r["name"] in text
     assert results["wall_time_s"] > 0 and (out / "results.md").is_file()
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # DFS rows either ran or say honestly that they are not available
     for kind in ("dfs", "ps+dfs"):
         assert any(r["kind"] == kind for r in results["rows"]) or any(

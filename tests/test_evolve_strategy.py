@@ -51,3 +51,22 @@ def test_bad_options_and_params():
         build_strategy(StrategySection(params={"bar": 1}), 4)
     params = build_strategy(StrategySection(params={"std_min": 0.01}), 4).params
     assert float(params.std_min) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", ["CMA_ES", "SimpleGA"])
+def test_include_mean_scores_the_initial_mean_in_generation_zero(name):
+    """With include_mean, generation 0's first candidate is the mean itself (a DFS mean decodes
+    to model A); later generations are the algorithm's own draws; without it, no candidate is."""
+    mean = np.asarray([0.1, 0.9, 0.3, 0.7], np.float32)
+    plain = build_strategy(StrategySection(name=name, population_size=6, sigma=0.2, seed=1), 4)
+    drawn, _ = plain.ask(1, 0, plain.init(1, mean), mean)
+    assert not np.any(np.all(drawn == mean, axis=1))
+    cfg = StrategySection(name=name, population_size=6, sigma=0.2, seed=1, include_mean=True)
+    strategy = build_strategy(cfg, 4)
+    state = strategy.init(cfg.seed, mean)
+    population, asked = strategy.ask(cfg.seed, 0, state, mean)
+    np.testing.assert_array_equal(population[0], mean)
+    np.testing.assert_array_equal(population[1:], drawn[1:])
+    state = strategy.tell(cfg.seed, 0, asked, population, np.arange(6, dtype=np.float32))
+    later, _ = strategy.ask(cfg.seed, 1, state, mean)
+    assert not np.any(np.all(later == mean, axis=1))

@@ -6,6 +6,10 @@ evosax minimises; the search passes the negated score. Distribution-based algori
 `init(key, mean, params)`; population-based ones need an evaluated population to start from, so
 their generation 0 is an initial population drawn around the mean with the configured sigma, and
 `tell` of generation 0 calls `init`.
+
+With `strategy.include_mean`, generation 0 scores the initial mean itself as its first candidate
+(the rest are the algorithm's draws), so that the start is always a candidate for the best: a DFS
+genome's mean decodes to model A exactly, and in ps+dfs model A is the PS stage's result.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Strategy:
     population_based: bool
     sigma: float
     notes: tuple[str, ...] = ()
+    include_mean: bool = False
 
     def _key(self, seed: int, generation: int, use: int):
         key = jax.random.fold_in(jax.random.key(seed), _STRATEGY_STREAM)
@@ -56,9 +61,13 @@ class Strategy:
         key = self._key(seed, generation, 0)
         if state is None:
             noise = jax.random.normal(key, (self.algo.population_size, len(mean)))
-            return np.asarray(jnp.asarray(mean) + self.sigma * noise, np.float32), None
-        population, state = self.algo.ask(key, state, self.params)
-        return np.asarray(population, np.float32), state
+            population = np.array(jnp.asarray(mean) + self.sigma * noise, np.float32)
+        else:
+            population, state = self.algo.ask(key, state, self.params)
+            population = np.array(population, np.float32)
+        if generation == 0 and self.include_mean:
+            population[0] = np.asarray(mean, np.float32)
+        return population, state
 
     def tell(self, seed: int, generation: int, state, population, loss):
         key = self._key(seed, generation, 1)
@@ -113,7 +122,8 @@ def build_strategy(cfg, num_dims: int) -> Strategy:
     population_based = isinstance(algo, PopulationBasedAlgorithm)
     if not population_based and "std_init" not in fields and "std_schedule" not in signature:
         notes.append(f"{name} has no step size: strategy.sigma is not used")
-    return Strategy(algo, params, population_based, float(cfg.sigma), tuple(notes))
+    return Strategy(algo, params, population_based, float(cfg.sigma), tuple(notes),
+                    bool(cfg.include_mean))
 
 
 @functools.lru_cache(maxsize=16)

@@ -26,6 +26,7 @@ from evomerge_jax.checkpoint import DTYPES, TensorReader, copy_tokenizer_files, 
 from evomerge_jax.fileio import atomic_dir, parse_size, write_safetensors_shards
 from evomerge_jax.merge.methods import merge_tensor
 from evomerge_jax.merge.task_arithmetic import PRESETS
+from evomerge_jax.evolve.xla_options import merge_jit
 from evomerge_jax.merge.plan import MergePlan, TensorOp
 
 
@@ -77,10 +78,11 @@ def _magnitude_tables(method: str, base: np.ndarray | None, sources_k: np.ndarra
 @functools.lru_cache(maxsize=32)
 def _compiled(method: str, params: tuple, options: tuple):
     """`merge_tensor` as one XLA program; parameters stay Python constants (concrete), so counts
-    such as int(d·n) are exactly those of the op-by-op path."""
+    such as int(d·n) are exactly those of the op-by-op path. Compiled with the XLA:CPU options
+    that keep the sum over the stacked sources fast (see xla_options)."""
     def merge(base, sources_k, key, extra):
         return merge_tensor(method, base, sources_k, dict(params), key, **dict(options), **extra)
-    return jax.jit(merge)
+    return merge_jit(merge)
 
 
 def _to_device(arrays: dict) -> dict:
