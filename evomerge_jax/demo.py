@@ -257,7 +257,7 @@ def run_demo(out="runs/demo", quick: bool = False, seed: int = 0, log=print,
     out.mkdir(parents=True, exist_ok=True)
     _persistent_compile_cache(out / "jax_cache")
     seconds, notes = {}, []
-    zoo = build_zoo(out / "zoo", seed=seed, quick=quick, log=log)
+    zoo = build_zoo(out / "zoo", seed=seed, quick=quick, log=log, progress=progress)
     seconds["zoo"] = round(time.time() - start, 1)
     gates_text = format_gates(zoo.gates)
     if zoo.cached:

@@ -123,24 +123,55 @@ def _cached(root: Path, recipe: Recipe, digest: str) -> ZooPaths | None:
     return paths
 
 
-def _finetune(base_core, spec, recipe: Recipe, ft: FineTune, index: int, heldout, log):
+class _Progress:
+    """One rich progress bar over every training step of the zoo build (silent when off)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            from rich.progress import TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("zoo {task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+            self.task = self.bar.add_task("training", total=total)
+            self.bar.start()
+
+    def stage(self, name: str):
+        if self.bar is not None:
+            self.bar.update(self.task, description=name)
+
+    def step(self):
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _finetune(base_core, spec, recipe: Recipe, ft: FineTune, index: int, heldout, log,
+              progress: _Progress):
     seed = recipe.seed * 1000 + index
     rng = random.Random(seed)
     items = [item for kind in ft.data for item in data.instruction_items(kind, recipe.ft_items, rng,
                                                                           heldout)]
     tokens, mask = data.encode_items(items, recipe.seq_len)
     start = time.time()
+    progress.stage(ft.name)
     core, losses = train.train(base_core, spec, tokens, mask,
-                               train.Schedule(ft.steps, ft.lr, recipe.batch, warmup=20), seed)
+                               train.Schedule(ft.steps, ft.lr, recipe.batch, warmup=20), seed,
+                               on_step=progress.step)
     log(f"  {ft.name}: {ft.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} "
         f"({time.time() - start:.0f}s)")
     return core
 
 
 def build_zoo(out_dir: str | Path, seed: int = 0, quick: bool = False, log=print,
-              recipe: Recipe | None = None) -> ZooPaths:
+              recipe: Recipe | None = None, progress: bool = False) -> ZooPaths:
     """Build (or find cached) the demo zoo for `seed` in `out_dir`; print the gates.
-    `recipe` replaces `make_recipe(seed, quick)` (tests build a far smaller zoo)."""
+    `recipe` replaces `make_recipe(seed, quick)` (tests build a far smaller zoo); `progress`
+    shows a bar over the training steps."""
     root = Path(out_dir)
     recipe = recipe or make_recipe(seed, quick)
     seed = recipe.seed
@@ -156,13 +187,20 @@ def build_zoo(out_dir: str | Path, seed: int = 0, quick: bool = False, log=print
     heldout = data.make_heldout()
     tokens, mask = data.pretrain_batch(dict(recipe.pretrain_mix), recipe.pretrain_docs,
                                        recipe.seq_len, random.Random(seed), heldout)
-    base, losses = train.train(train.init_core(spec, jax.random.PRNGKey(seed)), spec, tokens, mask,
-                               recipe.pretrain, seed)
-    log(f"  base: {recipe.pretrain.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} "
-        f"({time.time() - start:.0f}s)")
-    cores = {ft.name: _finetune(base, spec, recipe, ft, i + 1, heldout, log)
-             for i, ft in enumerate(recipe.finetunes)}
-    both = _finetune(base, spec, recipe, recipe.reference, 0, heldout, log)
+    total = (recipe.pretrain.steps + sum(ft.steps for ft in recipe.finetunes)
+             + recipe.reference.steps)
+    bar = _Progress(progress, total)
+    bar.stage("base")
+    try:
+        base, losses = train.train(train.init_core(spec, jax.random.PRNGKey(seed)), spec, tokens,
+                                   mask, recipe.pretrain, seed, on_step=bar.step)
+        log(f"  base: {recipe.pretrain.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} "
+            f"({time.time() - start:.0f}s)")
+        cores = {ft.name: _finetune(base, spec, recipe, ft, i + 1, heldout, log, bar)
+                 for i, ft in enumerate(recipe.finetunes)}
+        both = _finetune(base, spec, recipe, recipe.reference, 0, heldout, log, bar)
+    finally:
+        bar.close()
     params = {name: train.materialize(c) for name, c in [("base", base), *cores.items()]}
     gates = compute_gates(params, train.materialize(both), spec, heldout, recipe.probe_weights)
     gates["build_seconds"] = round(time.time() - start, 1)

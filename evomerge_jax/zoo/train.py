@@ -110,9 +110,10 @@ class Schedule:
 
 
 def train(core: dict, spec: ModelSpec, tokens: np.ndarray, mask: np.ndarray, sched: Schedule,
-          seed: int) -> tuple[dict, list[float]]:
+          seed: int, on_step=None) -> tuple[dict, list[float]]:
     """AdamW with linear warmup and cosine decay; batches drawn without replacement, epoch by
-    epoch, in an order fixed by `seed`. Returns the trained core and the loss every 50 steps."""
+    epoch, in an order fixed by `seed`. Returns the trained core and the loss every 50 steps.
+    `on_step()` is called after every step (a progress bar)."""
     lr = optax.warmup_cosine_decay_schedule(0.0, sched.lr, min(sched.warmup, sched.steps),
                                             max(sched.steps, sched.warmup + 1), sched.lr * 0.1)
     opt_state = _OPTIMIZER.init(core)
@@ -127,6 +128,8 @@ def train(core: dict, spec: ModelSpec, tokens: np.ndarray, mask: np.ndarray, sch
                                       jnp.asarray(mask[idx]), jnp.float32(lr(step)), spec)
         if step % 50 == 0 or step == sched.steps - 1:
             losses.append(float(loss))
+        if on_step is not None:
+            on_step()
     return core, losses
 
 
