@@ -100,8 +100,8 @@ class DFSModel:
 
     def memory(self, rows: int, seq: int, new_tokens: int = 0, model_axis: int = 1):
         """(bytes per candidate, per candidate of the head map) of one batch, as
-        `memory_plan.Bytes` (memory_plan.py holds the formulas): no weights are per candidate."""
-        from .memory_plan import Workload, dfs_candidate_bytes
+        `memory_model.Bytes` (memory_model.py holds the formulas): no weights are per candidate."""
+        from .memory_model import Workload, dfs_candidate_bytes
 
         lo, hi = self.path_spec.window
         return dfs_candidate_bytes(self.spec, hi - lo, self.dtype, Workload(rows, seq, new_tokens),

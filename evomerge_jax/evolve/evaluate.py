@@ -16,7 +16,7 @@ from functools import partial
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ..arch import ModelSpec
 from ..fileio import parse_size
@@ -119,7 +119,7 @@ class Evaluator:
         """Candidates per device call (a multiple of the device count, at most the population)
         and the global-tensor batch, from the estimated bytes per candidate of one batch of every
         task; `chunk_size` and `global_batch` override (a resumed run reuses its plan)."""
-        from .memory_plan import choose_chunk, pass_bytes, shape_of, workloads
+        from .memory_model import choose_chunk, pass_bytes, shape_of, workloads
         from .mesh import MODEL
 
         axis = self.mesh.shape.get(MODEL, 1)

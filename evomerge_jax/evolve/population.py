@@ -9,8 +9,8 @@ implements the same way (routing layers instead of merging them):
     head_map(weights, cand, h, fn) -> fn(logits [B, S, V]) for each candidate, stacked on P
     generate(weights, cand, tokens, mask, ...) -> new tokens [P, B, new]   (greedy, KV cache)
     memory(rows, seq, new_tokens, model_axis) -> (bytes per candidate, per global-tensor
-        candidate), as `memory_plan.Bytes`; fixed_memory(model_axis) -> bytes per device that
-        do not grow with the candidates (memory_plan.py holds every formula)
+        candidate), as `memory_model.Bytes`; fixed_memory(model_axis) -> bytes per device that
+        do not grow with the candidates (memory_model.py holds every formula)
 
 Memory. The scan step receives layer l of the base and of the K sources, merges it for the P
 candidates (vmap: P × one layer), and applies it. The global tensors (embed, lm_head: the largest
@@ -206,13 +206,13 @@ class PSModel:
 
     def memory(self, rows: int, seq: int, new_tokens: int = 0, model_axis: int = 1):
         """(bytes per candidate of the layer scan, per candidate of the global-tensor map) of one
-        batch, as `memory_plan.Bytes`: the planner's formulas (memory_plan.py), one place."""
-        from .memory_plan import Workload, ps_candidate_bytes
+        batch, as `memory_model.Bytes`: the planner's formulas (memory_model.py), one place."""
+        from .memory_model import Workload, ps_candidate_bytes
 
         return ps_candidate_bytes(self.spec, self.layout.num_sources, self.dtype,
                                   Workload(rows, seq, new_tokens), model_axis)
 
     def fixed_memory(self, model_axis: int = 1) -> int:
-        from .memory_plan import shared_merge_bytes
+        from .memory_model import shared_merge_bytes
 
         return shared_merge_bytes(self.spec, self.layout.num_sources, model_axis)
