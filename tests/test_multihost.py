@@ -26,14 +26,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(cfg: Path, port: int, process_id: int, *extra: str) -> subprocess.Popen:
+def _launch(cfg: Path, port: int, process_id: int, *extra: str,
+            own_group: bool = False) -> subprocess.Popen:
+    """One `evomerge evolve` process of two; `own_group`: in a process group of its own, so that
+    a test can kill it with its supervised child."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(
         [sys.executable, "-m", "evomerge_jax.cli", "evolve", str(cfg), "--coordinator",
          f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(process_id), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        cwd=Path(__file__).parent)
+        cwd=Path(__file__).parent, start_new_session=own_group)
 
 
 def _wait(procs) -> list[tuple[int, str, str]]:
@@ -126,3 +129,40 @@ def test_a_missing_peer_is_one_line(evolve_world, tmp_path):
                                 "127.0.0.1:"), err
     assert "stack trace" not in err  # the runtime's abort is summed up in that line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_peer_killed_mid_run_then_resume(evolve_world, tmp_path):
+    """Process 1 is killed (SIGKILL, with its child) once generation 0 is logged: process 0 ends
+    with one line saying to rerun with --resume (after the runtime's 60 s heartbeat), and both
+    processes resumed finish the run with every generation logged once."""
+    import signal
+    import time
+
+    generations = 20
+    cfg = write_config(tmp_path / "cfg.yml", evolve_world, [ppl_task(evolve_world)],
+                       merge={"method": "task_arithmetic", "evolve": ["weight"]},
+                       strategy={"population_size": 4, "generations": generations, "seed": 0},
+                       output_dir=str(tmp_path / "run"), compute={"mesh": {"pop": 2, "model": 2}})
+    port = _free_port()
+    procs = [_launch(cfg, port, 0), _launch(cfg, port, 1, own_group=True)]
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.time() + TIMEOUT_S
+    while not (log.is_file() and log.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert log.is_file(), "generation 0 never finished"
+    os.killpg(procs[1].pid, signal.SIGKILL)
+    ((rc, _, err),) = _wait(procs[:1])
+    procs[1].wait()
+    assert rc == 2, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: process 0: the run's processes lost contact"), err[-2000:]
+    assert last.endswith("rerun every process with --resume")
+    done = len(log.read_text().splitlines())
+    assert 1 <= done < generations
+    port = _free_port()
+    outcome = _wait([_launch(cfg, port, i, "--resume") for i in (0, 1)])
+    for code, _, err in outcome:
+        assert code == 0, err[-3000:]
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["generation"] for x in lines] == list(range(generations))
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
