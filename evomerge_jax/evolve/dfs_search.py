@@ -37,7 +37,7 @@ from ..fileio import atomic_write_text
 from ..model import unembed
 from .config import DFS_STRATEGY, DFSSection, EvolveConfig
 from .distributed import barrier, is_main
-from .mesh import make_mesh, read_global, weight_shardings
+from .mesh import first_device_mesh, read_global, weight_shardings
 from .strategy import build_strategy
 from .tasks import load_tasks, load_tokenizer
 
@@ -167,7 +167,7 @@ class DFSSearch:
 
     def load(self, mesh=None):
         """Read the stack onto `mesh` (default: the first local device alone)."""
-        self.stack = self._read_stack(mesh or make_mesh(jax.local_devices()[:1], 1, 1))
+        self.stack = self._read_stack(mesh or first_device_mesh())
         self.weights = self.stack.params
         generic = dataclasses.replace(self.path_spec, source_names=_GENERIC_NAMES[:2])
         self.model = DFSModel(self.stack.spec, generic, dtype=self.dtype)
@@ -209,7 +209,7 @@ class DFSSearch:
         if stack is None or not all(x.is_fully_addressable for x in jax.tree.leaves(stack.params)):
             # No stack yet (`evomerge export`), or one spread over several hosts: read the files
             # onto this process's first device (the fold reads one tensor at a time from it).
-            stack = self._read_stack(make_mesh(jax.local_devices()[:1], 1, 1))
+            stack = self._read_stack(first_device_mesh())
         path = decode_path(self.path_spec, np.asarray(genome, np.float32))
         return save_path_model(stack, path, out_dir, overwrite=overwrite,
                                tokenizer_from=self.cfg.tokenizer)

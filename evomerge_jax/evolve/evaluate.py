@@ -22,6 +22,7 @@ from ..arch import ModelSpec
 from ..fileio import parse_size
 from ..generation import greedy_generate
 from ..model import hidden_states, unembed
+from .memory_model import choose_chunk, pass_bytes, shape_of, workloads
 from .mesh import MODEL, POP, make_mesh, put_global, weight_shardings
 from .metrics import accumulate, finalize, generation_of, run_tasks
 from .xla_options import merge_jit
@@ -119,9 +120,6 @@ class Evaluator:
         """Candidates per device call (a multiple of the device count, at most the population)
         and the global-tensor batch, from the estimated bytes per candidate of one batch of every
         task; `chunk_size` and `global_batch` override (a resumed run reuses its plan)."""
-        from .memory_model import choose_chunk, pass_bytes, shape_of, workloads
-        from .mesh import MODEL
-
         axis = self.mesh.shape.get(MODEL, 1)
         scan, glob = pass_bytes(partial(model.memory, model_axis=axis),
                                 workloads(shape_of(t) for t in self.tasks))

@@ -122,6 +122,12 @@ def make_mesh(devices, pop: int, model: int) -> Mesh:
     return Mesh(np.asarray(devices).reshape(pop, model), (POP, MODEL))
 
 
+def first_device_mesh() -> Mesh:
+    """A 1 x 1 mesh on this process's first device: where a search loads its weights when no
+    mesh is given, and where an export reads a stack that spans several hosts."""
+    return make_mesh(jax.local_devices()[:1], 1, 1)
+
+
 def weight_shardings(mesh: Mesh, spec: ModelSpec, weights):
     return jax.tree.map(lambda s: NamedSharding(mesh, s),
                         weight_specs(spec, weights, mesh.shape[MODEL]),

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..merge.sparsify import magnitude_table
 from ..merge.task_arithmetic import PRESETS
 from .genome import GenomeLayout, clip, make_layout
-from .mesh import make_mesh, read_global, weight_shardings
+from .mesh import first_device_mesh, read_global, weight_shardings
 from .population import PSModel
 
 _TABLE_SPARSIFIERS = ("magnitude", "magnitude_outliers")
@@ -147,7 +147,7 @@ class PSSearch:
 
     def load(self, mesh=None):
         """Read the weights onto `mesh` (default: the first local device alone)."""
-        mesh = mesh or make_mesh(jax.local_devices()[:1], 1, 1)
+        mesh = mesh or first_device_mesh()
         self.weights = load_weights(self.cfg, self.spec, self.dtype, self.model.uses_tables, mesh)
         return self
 
