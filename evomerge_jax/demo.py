@@ -8,7 +8,7 @@
    l2_general on their fitness splits, the best chosen on the same sum over the validation
    splits, exported as an HF dir.
 4. DFS (A = l2_chat, B = math_a) and PS+DFS (A = the PS result, B = math_a) through the same config
-   mechanism (`search: dfs`); while the engine does not implement it, those rows say so.
+   mechanism (`search: dfs`).
 5. Score the merges on test (from their exported dirs), print and save results.md / results.json,
    load the best merge back with transformers and answer one L2 maths question with it.
 
@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .errors import ConfigError
-from .fileio import atomic_write_text
+from .fileio import atomic_dir, atomic_write_text
 
 TEST_TASKS = ("l2_math", "l2_general")
 # Search sizes: the full demo fits 10 min with the zoo build on a 2-core CPU; quick is a smoke run.
@@ -142,18 +141,12 @@ def model_size(model_dir) -> tuple[int, int]:
     return layers, params
 
 
-def _search(kind: str, config: Path, log, progress: bool) -> tuple[Path | None, str | None]:
-    """Run one search; (exported best dir, None) or (None, why it is unavailable)."""
+def _search(config: Path, log, progress: bool) -> Path:
+    """Run one search; its exported best dir."""
     from .evolve.run import evolve
 
-    try:
-        evolve(config, overwrite=True, progress=progress, log=log)
-    except ConfigError as exc:
-        if "not implemented" in str(exc):
-            return None, f"{kind}: not available yet (the engine does not implement it)"
-        raise
-    best = Path(yaml.safe_load(config.read_text())["output_dir"]) / "best"
-    return best, None
+    evolve(config, overwrite=True, progress=progress, log=log)
+    return Path(yaml.safe_load(config.read_text())["output_dir"]) / "best"
 
 
 def _table(rows: list[dict], title: str):
@@ -169,19 +162,17 @@ def _table(rows: list[dict], title: str):
     return table
 
 
-def _markdown(rows, meta: dict, gates_text: str, sample: dict | None) -> str:
+def _markdown(rows, meta: dict, gates_text: str, sample: dict) -> str:
     lines = ["# evomerge demo", "",
              "Greedy exact match (%) on the held-out test splits.", "",
              "| model | kind | l2_math | l2_general | layers | parameters |",
              "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['kind']} | {r['l2_math']:.1f} | {r['l2_general']:.1f} | "
               f"{r['layers']} | {r['parameters']:,} |" for r in rows]
-    lines += [""] + [f"- {n}" for n in meta["notes"]]
     lines += ["", "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in meta["seconds"].items()), ""]
-    if sample:
-        lines += ["Best merge, loaded with transformers:", "",
-                  f"- question: `{sample['prompt']}`", f"- expected: `{sample['target']}`",
-                  f"- answer: `{sample['answer']}`", ""]
+    lines += ["Best merge, loaded with transformers:", "",
+              f"- question: `{sample['prompt']}`", f"- expected: `{sample['target']}`",
+              f"- answer: `{sample['answer']}`", ""]
     lines += ["```", gates_text, "```", ""]
     return "\n".join(lines)
 
@@ -253,10 +244,12 @@ def run_demo(out="runs/demo", quick: bool = False, seed: int = 0, log=print,
     from .zoo.gates import format_gates
 
     start = time.time()
-    out = Path(out)
+    # Absolute from here on: the generated configs under OUT/configs are read back by the config
+    # loader, which resolves relative paths against the YAML's folder, not the working directory.
+    out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     _persistent_compile_cache(out / "jax_cache")
-    seconds, notes = {}, []
+    seconds = {}
     zoo = build_zoo(out / "zoo", seed=seed, quick=quick, log=log, progress=progress)
     seconds["zoo"] = round(time.time() - start, 1)
     gates_text = format_gates(zoo.gates)
@@ -278,17 +271,10 @@ def run_demo(out="runs/demo", quick: bool = False, seed: int = 0, log=print,
 
     merged = []  # (row, validation l2_math)
     for kind in ("ps", "dfs", "ps+dfs"):
-        if kind == "ps+dfs" and not any(r["kind"] == "ps" for r, _ in merged):
-            notes.append("ps+dfs: skipped (no PS result)")
-            continue
         t = time.time()
         log(f"\n== {kind} search ==")
-        best, why = _search(kind, configs[kind], log, progress)
+        best = _search(configs[kind], log, progress)
         seconds[kind] = round(time.time() - t, 1)
-        if best is None:
-            log(why)
-            notes.append(why)
-            continue
         s = score(best, ("validation", "test"))
         layers, params = model_size(best)
         row = {"name": f"{kind} merge", "kind": kind, "l2_math": s["test"]["l2_math"],
@@ -298,32 +284,26 @@ def run_demo(out="runs/demo", quick: bool = False, seed: int = 0, log=print,
         # the fitness tasks' sum, as the searches select their best
         merged.append((row, s["validation"]["l2_math"] + s["validation"]["l2_general"]))
 
-    sample, best_dir = None, None
-    if merged:
-        best_row = max(merged, key=lambda m: m[1])[0]  # chosen on validation, never on test
-        best_dir = out / "best"
-        if best_dir.exists():
-            shutil.rmtree(best_dir)
-        shutil.copytree(best_row["path"], best_dir)
-        first = json.loads((Path(zoo.tasks) / "l2_math" / "test.jsonl").open().readline())
-        answer = generate_answer(best_dir, first["prompt"])
-        sample = {"model": best_row["name"], "prompt": first["prompt"], "target": first["target"],
-                  "answer": answer}
+    best_row = max(merged, key=lambda m: m[1])[0]  # chosen on validation, never on test
+    best_dir = out / "best"
+    with atomic_dir(best_dir, overwrite=True) as tmp:  # the old best/ stays until the new is whole
+        shutil.copytree(best_row["path"], tmp, dirs_exist_ok=True)
+    first = json.loads((Path(zoo.tasks) / "l2_math" / "test.jsonl").open().readline())
+    answer = generate_answer(best_dir, first["prompt"])
+    sample = {"model": best_row["name"], "prompt": first["prompt"], "target": first["target"],
+              "answer": answer}
     seconds["total"] = round(time.time() - start, 1)
 
     title = f"evomerge demo (seed {seed}{', quick' if quick else ''}): greedy exact match %, test"
     print_table(_table(rows, title))
-    for n in notes:
-        log(n)
-    if sample:
-        log(f"best merge ({sample['model']}, exported to {best_dir}), loaded with transformers:")
-        log(f"  question: {sample['prompt']}")
-        log(f"  expected: {sample['target']}")
-        log(f"  answer:   {sample['answer']}")
+    log(f"best merge ({sample['model']}, exported to {best_dir}), loaded with transformers:")
+    log(f"  question: {sample['prompt']}")
+    log(f"  expected: {sample['target']}")
+    log(f"  answer:   {sample['answer']}")
     log("wall time (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     results = {"rows": rows, "seconds": seconds, "wall_time_s": seconds["total"],
-               "zoo_cached": zoo.cached, "seed": seed, "quick": quick, "notes": notes,
-               "best_model": None if best_dir is None else str(best_dir), "sample": sample,
+               "zoo_cached": zoo.cached, "seed": seed, "quick": quick,
+               "best_model": str(best_dir), "sample": sample,
                "gates": zoo.gates, "configs": {k: str(v) for k, v in configs.items()}}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", _markdown(rows, results, gates_text, sample))

@@ -172,7 +172,7 @@ def build_zoo(out_dir: str | Path, seed: int = 0, quick: bool = False, log=print
     """Build (or find cached) the demo zoo for `seed` in `out_dir`; print the gates.
     `recipe` replaces `make_recipe(seed, quick)` (tests build a far smaller zoo); `progress`
     shows a bar over the training steps."""
-    root = Path(out_dir)
+    root = Path(out_dir).expanduser().resolve()  # ZooPaths are absolute: configs quote them
     recipe = recipe or make_recipe(seed, quick)
     seed = recipe.seed
     digest = recipe.digest()
