@@ -1,4 +1,5 @@
-"""`evomerge demo --quick`: end to end through the CLI (quick zoo, tiny searches)."""
+"""`evomerge demo --quick`: end to end, as a user runs it: the installed `evomerge` command, from a
+fresh working directory, with the default `--out` (runs/demo, relative)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,22 @@ SOURCES = ["base", "l2_chat", "math_a", "math_b"]
 
 @pytest.mark.demo
 def test_demo_quick_end_to_end(tmp_path):
-    out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "evomerge_jax.cli", "demo", "--quick",
-                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    evomerge = Path(sys.executable).with_name("evomerge")  # the console script pip installed
+    proc = subprocess.run([str(evomerge), "demo", "--quick"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "runs" / "demo"
+    for name in ("results.json", "results.md", "results.png", "best/config.json"):
+        assert (out / name).is_file(), name
+    # the generated configs hold absolute paths: a copy elsewhere still loads
+    from evomerge_jax.evolve.config import load_config
+
+    moved = tmp_path / "elsewhere" / "ps.yml"
+    moved.parent.mkdir()
+    moved.write_text((out / "configs" / "ps.yml").read_text())
+    cfg = load_config(moved)
+    assert cfg.base_model == out / "zoo" / "models" / "base" and cfg.base_model.is_dir()
+    assert cfg.output_dir == out / "ps"
     text = proc.stdout
     for col in ("model", "kind", "l2_math", "l2_general", "layers", "parameters"):
         assert col in text
@@ -31,20 +44,21 @@ def test_demo_quick_end_to_end(tmp_path):
         assert r["name"] in text
     assert results["wall_time_s"] > 0 and (out / "results.md").is_file()
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # DFS rows either ran or say honestly that they are not available
-    for kind in ("dfs", "ps+dfs"):
-        assert any(r["kind"] == kind for r in results["rows"]) or any(
-            n.startswith(kind + ":") for n in results["notes"])
+    assert [r["kind"] for r in results["rows"]][-3:] == ["ps", "dfs", "ps+dfs"]
 
     # the exported best loads in transformers and the printed answer came from it
     import torch
     import transformers
 
     best = Path(results["best_model"])
+    assert best == out / "best"
     tok = transformers.AutoTokenizer.from_pretrained(best)
     model = transformers.AutoModelForCausalLM.from_pretrained(best, dtype=torch.float32)
     assert model.config.architectures == ["LlamaForCausalLM"] and tok.eos_token_id == 2
     assert results["sample"]["answer"] in text
+    chosen = next(r for r in results["rows"] if r["name"] == results["sample"]["model"])
+    assert (chosen["layers"], chosen["parameters"]) == (
+        model.config.num_hidden_layers, sum(p.numel() for p in model.parameters()))
 
     # the merged rows' scores equal a re-evaluation of their exported dirs
     from evomerge_jax.evolve.run import eval_model
