@@ -11,45 +11,75 @@ tensors exactly as mergekit does):
         "layers":     {short_name: [L, ...]}   every per-layer tensor stacked on axis 0
     }
 
-Shape letters used across the package: B batch, S query positions, T key positions, D hidden size,
-H query heads, G query heads per KV head, N KV heads, E head dim, F MLP size, V vocab, L layers,
-K source models, P population.
+Shape letters: the one legend is in docs/design.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Callable
 
 from .errors import ConfigError
 
-# short name -> (HF suffix after "model.layers.{i}.", shape as a function of the spec)
-_LAYER_TENSORS: dict[str, tuple[str, Any]] = {
-    "attn_norm": ("input_layernorm.weight", lambda s: (s.hidden_size,)),
-    "q_proj": ("self_attn.q_proj.weight", lambda s: (s.num_heads * s.head_dim, s.hidden_size)),
-    "k_proj": ("self_attn.k_proj.weight", lambda s: (s.num_kv_heads * s.head_dim, s.hidden_size)),
-    "v_proj": ("self_attn.v_proj.weight", lambda s: (s.num_kv_heads * s.head_dim, s.hidden_size)),
-    "o_proj": ("self_attn.o_proj.weight", lambda s: (s.hidden_size, s.num_heads * s.head_dim)),
-    "q_bias": ("self_attn.q_proj.bias", lambda s: (s.num_heads * s.head_dim,)),
-    "k_bias": ("self_attn.k_proj.bias", lambda s: (s.num_kv_heads * s.head_dim,)),
-    "v_bias": ("self_attn.v_proj.bias", lambda s: (s.num_kv_heads * s.head_dim,)),
-    "o_bias": ("self_attn.o_proj.bias", lambda s: (s.hidden_size,)),
-    "q_norm": ("self_attn.q_norm.weight", lambda s: (s.head_dim,)),
-    "k_norm": ("self_attn.k_norm.weight", lambda s: (s.head_dim,)),
-    "mlp_norm": ("post_attention_layernorm.weight", lambda s: (s.hidden_size,)),
-    "gate_proj": ("mlp.gate_proj.weight", lambda s: (s.intermediate_size, s.hidden_size)),
-    "up_proj": ("mlp.up_proj.weight", lambda s: (s.intermediate_size, s.hidden_size)),
-    "down_proj": ("mlp.down_proj.weight", lambda s: (s.hidden_size, s.intermediate_size)),
-    "gate_bias": ("mlp.gate_proj.bias", lambda s: (s.intermediate_size,)),
-    "up_bias": ("mlp.up_proj.bias", lambda s: (s.intermediate_size,)),
-    "down_bias": ("mlp.down_proj.bias", lambda s: (s.hidden_size,)),
+@dataclass(frozen=True)
+class TensorInfo:
+    """Every fact about one tensor kind, in one place.
+
+    hf: the HF name (after "model.layers.{i}." for layer tensors); shape: from the spec;
+    side: "attn" or "mlp" (PS grouping.split_attn_mlp), None for global tensors;
+    split: (own axis split over the mesh's model axis, the spec's count that must divide it), or
+    None (replicated); embed and lm_head split on vocab (or hidden) instead (parallel/mesh.py);
+    fold: how a DFS export folds the running scale C_t into it (docs/design.md, DFS folding):
+    "divide" for tensors that write into the residual stream, "sign" for norms that read it.
+    """
+
+    hf: str
+    shape: Callable[["ModelSpec"], tuple[int, ...]]
+    side: str | None = None
+    split: tuple[int, str] | None = None
+    fold: str | None = None
+
+
+def _attn(hf, shape, split=None, fold=None) -> TensorInfo:
+    return TensorInfo(hf, shape, "attn", split, fold)
+
+
+def _mlp(hf, shape, split=None, fold=None) -> TensorInfo:
+    return TensorInfo(hf, shape, "mlp", split, fold)
+
+
+_q = lambda s: s.num_heads * s.head_dim  # noqa: E731 (shape helpers)
+_kv = lambda s: s.num_kv_heads * s.head_dim  # noqa: E731
+_HEADS, _KV, _FF = (0, "num_heads"), (0, "num_kv_heads"), (0, "intermediate_size")
+
+LAYER_TENSORS: dict[str, TensorInfo] = {
+    "attn_norm": _attn("input_layernorm.weight", lambda s: (s.hidden_size,), fold="sign"),
+    "q_proj": _attn("self_attn.q_proj.weight", lambda s: (_q(s), s.hidden_size), _HEADS),
+    "k_proj": _attn("self_attn.k_proj.weight", lambda s: (_kv(s), s.hidden_size), _KV),
+    "v_proj": _attn("self_attn.v_proj.weight", lambda s: (_kv(s), s.hidden_size), _KV),
+    "o_proj": _attn("self_attn.o_proj.weight", lambda s: (s.hidden_size, _q(s)), (1, "num_heads"),
+                    fold="divide"),
+    "q_bias": _attn("self_attn.q_proj.bias", lambda s: (_q(s),), _HEADS),
+    "k_bias": _attn("self_attn.k_proj.bias", lambda s: (_kv(s),), _KV),
+    "v_bias": _attn("self_attn.v_proj.bias", lambda s: (_kv(s),), _KV),
+    "o_bias": _attn("self_attn.o_proj.bias", lambda s: (s.hidden_size,), fold="divide"),
+    "q_norm": _attn("self_attn.q_norm.weight", lambda s: (s.head_dim,)),
+    "k_norm": _attn("self_attn.k_norm.weight", lambda s: (s.head_dim,)),
+    "mlp_norm": _mlp("post_attention_layernorm.weight", lambda s: (s.hidden_size,), fold="sign"),
+    "gate_proj": _mlp("mlp.gate_proj.weight", lambda s: (s.intermediate_size, s.hidden_size), _FF),
+    "up_proj": _mlp("mlp.up_proj.weight", lambda s: (s.intermediate_size, s.hidden_size), _FF),
+    "down_proj": _mlp("mlp.down_proj.weight", lambda s: (s.hidden_size, s.intermediate_size),
+                      (1, "intermediate_size"), fold="divide"),
+    "gate_bias": _mlp("mlp.gate_proj.bias", lambda s: (s.intermediate_size,), _FF),
+    "up_bias": _mlp("mlp.up_proj.bias", lambda s: (s.intermediate_size,), _FF),
+    "down_bias": _mlp("mlp.down_proj.bias", lambda s: (s.hidden_size,), fold="divide"),
 }
 
-_GLOBAL_TENSORS: dict[str, tuple[str, Any]] = {
-    "embed": ("model.embed_tokens.weight", lambda s: (s.vocab_size, s.hidden_size)),
-    "final_norm": ("model.norm.weight", lambda s: (s.hidden_size,)),
-    "lm_head": ("lm_head.weight", lambda s: (s.vocab_size, s.hidden_size)),
+GLOBAL_TENSORS: dict[str, TensorInfo] = {
+    "embed": TensorInfo("model.embed_tokens.weight", lambda s: (s.vocab_size, s.hidden_size)),
+    "final_norm": TensorInfo("model.norm.weight", lambda s: (s.hidden_size,), fold="sign"),
+    "lm_head": TensorInfo("lm_head.weight", lambda s: (s.vocab_size, s.hidden_size)),
 }
 
 # Buffers some checkpoints carry that hold no parameters (recomputed from the config).
@@ -98,10 +128,10 @@ class ModelSpec:
         return ("embed", "final_norm") + (() if self.tie_word_embeddings else ("lm_head",))
 
     def layer_shape(self, name: str) -> tuple[int, ...]:
-        return tuple(_LAYER_TENSORS[name][1](self))
+        return tuple(LAYER_TENSORS[name].shape(self))
 
     def global_shape(self, name: str) -> tuple[int, ...]:
-        return tuple(_GLOBAL_TENSORS[name][1](self))
+        return tuple(GLOBAL_TENSORS[name].shape(self))
 
     def with_num_layers(self, sliding_layers: tuple[bool, ...]) -> "ModelSpec":
         """The same architecture with another layer count (frankenmerges, DFS exports)."""
@@ -110,11 +140,11 @@ class ModelSpec:
 
 
 def layer_hf_name(short: str, layer: int) -> str:
-    return f"model.layers.{layer}.{_LAYER_TENSORS[short][0]}"
+    return f"model.layers.{layer}.{LAYER_TENSORS[short].hf}"
 
 
 def global_hf_name(short: str) -> str:
-    return _GLOBAL_TENSORS[short][0]
+    return GLOBAL_TENSORS[short].hf
 
 
 def hf_tensor_names(spec: ModelSpec) -> dict[str, tuple[str, int | None]]:

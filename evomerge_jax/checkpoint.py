@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 
 from .arch import IGNORED_SUFFIXES, ModelSpec, config_with_num_layers, hf_tensor_names, spec_from_config
 from .errors import CheckpointError, ConfigError
-from .fileio import atomic_dir, parse_size, write_safetensors_shards
+from .fileio import DEFAULT_SHARD_SIZE, atomic_dir, parse_size, write_safetensors_shards
 
 DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 _HEADER_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
@@ -206,7 +206,7 @@ def copy_tokenizer_files(source: Path | None, dest: Path) -> list[str]:
     return copied
 
 
-def save(ckpt: Checkpoint, path: str | Path, *, shard_size: int | str = "5GB",
+def save(ckpt: Checkpoint, path: str | Path, *, shard_size: int | str = DEFAULT_SHARD_SIZE,
          tokenizer_from: str | Path | None = None, overwrite: bool = False,
          extra_files: dict[str, str] | None = None) -> Path:
     """Write `ckpt` as an HF dir: shards (+ index when more than one), config.json, tokenizer and

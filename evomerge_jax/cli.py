@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import EvomergeError
+from .fileio import DEFAULT_SHARD_SIZE
 
 
 def _cmd_info(args) -> int:
@@ -35,18 +36,18 @@ def _cmd_evolve(args) -> int:
         args.process_id is not None) or args.distributed or os.environ.get(
         "JAX_COORDINATOR_ADDRESS")
     if distributed:
-        from .evolve import distributed as dist
+        from .parallel import distributed as dist
         if not dist.is_child():  # see distributed.py: the runtime aborts, the parent explains
             return dist.supervise(args.argv, args.process_id, args.coordinator, args.timeout)
         dist.initialize(args.coordinator, args.num_processes, args.process_id,
                         timeout_s=args.timeout)
-    from .evolve.run import evolve
+    from .searches.run import evolve
     try:
         evolve(args.config, resume=args.resume, overwrite=args.overwrite)
     except EvomergeError:
         raise
     except Exception as exc:  # a collective failed: in a multi-process run, say how to go on
-        from .evolve.distributed import peer_failure
+        from .parallel.distributed import peer_failure
         failure = peer_failure(exc) if distributed else None
         if failure is None:
             raise
@@ -56,7 +57,7 @@ def _cmd_evolve(args) -> int:
 
 def _cmd_plan(args) -> int:
     from .evolve.config import load_config
-    from .evolve.memory_plan import plan_stages, plan_table
+    from .searches.plan import plan_stages, plan_table
     from .evolve.report import print_table
     plans = plan_stages(load_config(args.config), args.devices, args.device_memory, args.mesh,
                         seq_len=args.seq_len)  # refuses (one line) a layout that cannot fit
@@ -66,13 +67,13 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .evolve.run import export_run
+    from .searches.run import export_run
     export_run(args.run_dir, args.out_dir, overwrite=args.overwrite)
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from .evolve.run import eval_model
+    from .searches.run import eval_model
     eval_model(args.model_dir, args.config, splits=tuple(args.split or ("validation", "test")))
     return 0
 
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the output model dir (must not exist, unless --overwrite)")
     merge.add_argument("--seed", type=int, default=0,
                        help="seed of the random methods (dare_*, della*); default 0")
-    merge.add_argument("--shard-size", default="5GB", help="largest shard file, e.g. 5GB, 500MB")
+    merge.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, help="largest shard file, e.g. 5GB, 500MB")
     merge.add_argument("--overwrite", action="store_true",
                        help="replace out_dir if it exists (only once the new one is complete)")
     merge.add_argument("--quiet", action="store_true", help="no progress bar or summary")

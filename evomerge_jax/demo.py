@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .checkpoint import read_config
+from .evolve.config import load_config
+from .evolve.report import print_table, pyplot, read_log
+from .evolve.tasks import load_tasks, load_tokenizer
 from .fileio import atomic_dir, atomic_write_text
+from .searches.run import evolve
+from .searches.stage import score_model
+from .zoo import build_zoo
+from .zoo.gates import format_gates
 
 TEST_TASKS = ("l2_math", "l2_general")
 # Search sizes: the full demo fits 10 min with the zoo build on a 2-core CPU; quick is a smoke run.
@@ -99,9 +107,6 @@ class _Scorer:
     """Scores model dirs on the eval config's tasks (tasks tokenized once)."""
 
     def __init__(self, config_path: Path, log):
-        from .checkpoint import read_config
-        from .evolve.config import load_config
-        from .evolve.tasks import load_tasks, load_tokenizer
 
         self.cfg = load_config(config_path)
         self.tokenizer = load_tokenizer(self.cfg.tokenizer)
@@ -112,8 +117,6 @@ class _Scorer:
 
     def __call__(self, model_dir, splits=("test",)) -> dict:
         """{split: {task: percent}}"""
-        from .evolve.run import score_model
-
         raw = score_model(model_dir, self.tasks, self.tokenizer, splits, self.cfg.compute.dtype,
                           log=lambda _: None)
         return {s: {t: pct(m["acc"]) for t, m in raw[s].items()} for s in splits}
@@ -143,8 +146,6 @@ def model_size(model_dir) -> tuple[int, int]:
 
 def _search(config: Path, log, progress: bool) -> Path:
     """Run one search; its exported best dir."""
-    from .evolve.run import evolve
-
     evolve(config, overwrite=True, progress=progress, log=log)
     return Path(yaml.safe_load(config.read_text())["output_dir"]) / "best"
 
@@ -180,9 +181,7 @@ def _markdown(rows, meta: dict, gates_text: str, sample: dict) -> str:
 def plot_demo(rows: list[dict], logs: dict, out: Path) -> Path:
     """results.png: each model's test scores (bars, the paper's Table 1 as a chart), and each
     search's best fitness and its generation best's validation score per generation."""
-    from .evolve.report import _pyplot, read_log
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2),
                                       gridspec_kw={"width_ratios": [1.6, 1]})
     x = np.arange(len(rows))
@@ -239,9 +238,6 @@ def _persistent_compile_cache(path: Path) -> None:
 
 def run_demo(out="runs/demo", quick: bool = False, seed: int = 0, log=print,
              progress: bool = True) -> dict:
-    from .evolve.report import print_table
-    from .zoo import build_zoo
-    from .zoo.gates import format_gates
 
     start = time.time()
     # Absolute from here on: the generated configs under OUT/configs are read back by the config

@@ -26,6 +26,10 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
+# Hugging Face's default largest shard file.
+DEFAULT_SHARD_SIZE = "5GB"
+
+
 def parse_size(size: int | str) -> int:
     """'5GB' -> 5e9 bytes (decimal units as HF uses; KiB/MiB/GiB are binary)."""
     if isinstance(size, int):

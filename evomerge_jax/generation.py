@@ -11,8 +11,10 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .arch import ModelSpec
+from .errors import EvomergeError
 from .model import decoder_layer, embed, make_context, positions_from_mask, sliding_flags, unembed
 
 
@@ -86,3 +88,29 @@ def normalize_eos(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
     if isinstance(eos_token_id, int):
         return (eos_token_id,)
     return tuple(int(t) for t in eos_token_id)
+
+
+def check_inputs(input_ids, attention_mask):
+    """input_ids [batch, seq] (or [seq]) and its mask (default all ones) as int32 arrays."""
+    tokens = np.asarray(input_ids)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2:
+        raise EvomergeError(f"input_ids must be [batch, seq], got shape {tokens.shape}")
+    mask = np.ones_like(tokens) if attention_mask is None else np.asarray(attention_mask)
+    if mask.shape != tokens.shape:
+        raise EvomergeError(f"attention_mask shape {mask.shape} != input_ids shape {tokens.shape}")
+    return jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, jnp.int32)
+
+
+def generation_inputs(input_ids, attention_mask, max_new_tokens: int, eos_token_id,
+                      pad_token_id: int | None):
+    """Checked (tokens, mask, eos ids, pad id) for greedy decoding, shared by every generator."""
+    tokens, mask = check_inputs(input_ids, attention_mask)
+    if max_new_tokens < 1:
+        raise EvomergeError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if not bool(np.all(np.asarray(mask)[:, -1])):
+        raise EvomergeError("generate needs left-padded prompts: a row ends with padding")
+    eos = normalize_eos(eos_token_id)
+    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    return tokens, mask, eos, pad

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
@@ -35,30 +35,38 @@ def word_vocab(words: Sequence[str], vocab_size: int | None = None) -> dict[str,
     return vocab
 
 
-def build_word_tokenizer(words: Sequence[str], out_dir: str | Path, *,
-                         vocab_size: int | None = None, add_bos: bool = True) -> Path:
-    """Write tokenizer.json + tokenizer_config.json into `out_dir` (created if needed).
+def write_word_tokenizer(vocab: Mapping[str, int], out_dir: str | Path, *,
+                         specials: Sequence[str], bos: str, eos: str, pad: str, unk: str,
+                         add_bos: bool = True, model_max_length: int = 1_000_000) -> Path:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`.
 
-    Text is split on whitespace and punctuation boundaries are not split further, so every word of
-    `words` is one token and anything else is `<unk>`. Decoding joins tokens with single spaces.
-    With `add_bos`, encoding prepends `<s>` (as Llama tokenizers do).
+    A WordLevel model over `vocab` after splitting on whitespace, so every word is one token (ids
+    as given) and anything else is `unk`. Decoding joins tokens with single spaces. With
+    `add_bos`, encoding prepends `bos`, as Llama tokenizers do; `eos` is never added.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vocab = word_vocab(words, vocab_size)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok = Tokenizer(models.WordLevel(vocab=dict(vocab), unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    # WordLevel has no decoder of its own; WordPiece's with no prefix joins tokens with spaces.
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     if add_bos:
         tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])])
-    tok.add_special_tokens(list(SPECIALS))
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])])
+    tok.add_special_tokens(list(specials))
     tok.save(str(out / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-        "add_bos_token": add_bos, "clean_up_tokenization_spaces": False,
-        "model_max_length": 1_000_000,
-    }
+    names = {"bos_token": bos, "eos_token": eos, "pad_token": pad, "unk_token": unk}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **names, "add_bos_token": add_bos,
+              "add_eos_token": False, "clean_up_tokenization_spaces": False,
+              "model_max_length": model_max_length}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(names, indent=2) + "\n")
     return out
+
+
+def build_word_tokenizer(words: Sequence[str], out_dir: str | Path, *,
+                         vocab_size: int | None = None, add_bos: bool = True) -> Path:
+    """A tokenizer dir for tiny test models: specials `<pad> <s> </s> <unk>` (ids 0-3), then
+    `words`, then fillers up to `vocab_size` (`word_vocab`)."""
+    return write_word_tokenizer(word_vocab(words, vocab_size), out_dir, specials=SPECIALS,
+                                bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=add_bos)

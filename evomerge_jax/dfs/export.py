@@ -25,16 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..arch import LAYER_TENSORS
 from ..checkpoint import Checkpoint, save
 from ..errors import ConfigError
-from ..fileio import atomic_dir
+from ..fileio import DEFAULT_SHARD_SIZE, atomic_dir
 from .forward import path_arrays
 from .genome import PathSpec, genome_for
 from .path import LayerPath, decode_path
 from .plot import plot_path
 
-_DIVIDED = ("o_proj", "o_bias", "down_proj", "down_bias")   # write into the residual stream
-_SIGNED = ("attn_norm", "mlp_norm")                        # norms reading the residual stream
 
 
 def fold_path(stack: Checkpoint, path: LayerPath) -> Checkpoint:
@@ -51,9 +50,10 @@ def fold_path(stack: Checkpoint, path: LayerPath) -> Checkpoint:
     for short, stacked in stack.params["layers"].items():
         w = np.asarray(stacked)[ids].astype(np.float64)       # [n, ...], gathered on the host
         per_step = c_n.reshape((-1,) + (1,) * (w.ndim - 1))
-        if short in _DIVIDED:
+        fold = LAYER_TENSORS[short].fold  # arch.py's per-tensor table
+        if fold == "divide":
             w = w / per_step
-        elif short in _SIGNED:
+        elif fold == "sign":
             w = w * np.sign(per_step)
         layers[short] = jnp.asarray(w.astype(np.float32), dtype)
     params = {k: v for k, v in stack.params.items() if k != "layers"}
@@ -64,7 +64,7 @@ def fold_path(stack: Checkpoint, path: LayerPath) -> Checkpoint:
 
 
 def save_path_model(stack: Checkpoint, path: LayerPath, out_dir: str | Path, *,
-                    overwrite: bool = False, shard_size: int | str = "5GB",
+                    overwrite: bool = False, shard_size: int | str = DEFAULT_SHARD_SIZE,
                     tokenizer_from: str | Path | None = None) -> Path:
     """Write the exported path as an HF dir (A's tokenizer files by default) with `path.json` (the
     steps: slot, layer, source, scale, cumulative scale) and `path.png`, atomically."""

@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..api import generation_inputs
 from ..arch import ModelSpec
 from ..checkpoint import Checkpoint
-from ..generation import greedy_loop
+from ..generation import generation_inputs, greedy_loop
 from ..model import embed, unembed
 from .forward import path_arrays, run_slots, window_slots
 from .genome import PathSpec, decode_population

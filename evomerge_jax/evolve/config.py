@@ -2,7 +2,8 @@
 
 Every default lives here. Paths are resolved against the config file's folder. Checks that need no
 file beyond the YAML (names, bounds, which parameters a method has) run in `load_config`; checks
-that read the model dirs and task files run in `run.prepare_run`, still before any compute.
+that read the model dirs and task files run in each search's `prepare` (searches/registry.py),
+still before any compute.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from ..errors import ConfigError
 from ..merge.task_arithmetic import PRESETS
 
-SEARCHES = ("ps", "dfs", "ps+dfs")
-IMPLEMENTED_SEARCHES = SEARCHES
 # Parameter-space bounds [low, high] used when the config gives none.
 DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.0, 1.0), "gamma": (0.0, 0.5),
                   "epsilon": (0.0, 0.5), "lambda": (0.0, 2.0)}
@@ -35,15 +34,8 @@ def method_parameters(method: str) -> dict[str, str]:
     the boolean switches normalize/rescale can be fixed but not evolved). The registry lists
     density, gamma and epsilon for every preset; here a parameter counts only when the preset's
     sparsifier reads it, so that evolving `density` under task_arithmetic is an error."""
-    sparsifier = PRESETS[method].sparsifier
     used = {"weight": "per_source", "lambda": "global"}
-    if sparsifier is not None:
-        used["density"] = "per_source"
-    if sparsifier == "magnitude_outliers":
-        used["gamma"] = "per_source"
-    if sparsifier == "della_magprune":
-        used["epsilon"] = "per_source"
-    return used
+    return {**used, **{name: "per_source" for name in PRESETS[method].sparsifier_reads}}
 
 
 class MergeSection(_Strict):
@@ -291,9 +283,6 @@ def parse_config(data: object, where: str = "<config>", root: Path | None = None
         cfg = EvolveConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{where}: {_one_line(exc)}") from None
-    if cfg.search not in IMPLEMENTED_SEARCHES:
-        raise ConfigError(f"{where}: search {cfg.search!r} is not implemented yet "
-                          f"(implemented: {', '.join(IMPLEMENTED_SEARCHES)})")
     return _resolve(cfg, root or Path.cwd())
 
 

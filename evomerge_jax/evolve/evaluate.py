@@ -22,10 +22,10 @@ from ..arch import ModelSpec
 from ..fileio import parse_size
 from ..generation import greedy_generate
 from ..model import hidden_states, unembed
-from .memory_model import choose_chunk, pass_bytes, shape_of, workloads
-from .mesh import MODEL, POP, make_mesh, put_global, weight_shardings
+from ..parallel.memory_model import choose_chunk, pass_bytes, shape_of, workloads
+from ..parallel.mesh import MODEL, POP, make_mesh, put_global, weight_shardings
 from .metrics import accumulate, finalize, generation_of, run_tasks
-from .xla_options import merge_jit
+from ..parallel.xla_options import merge_jit
 
 
 @partial(merge_jit, static_argnames=("model", "generations", "mesh"))

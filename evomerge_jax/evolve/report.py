@@ -13,7 +13,7 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +24,7 @@ def _pyplot():
 
 def plot_fitness(lines: list[dict], out: Path) -> Path:
     """Best and mean fitness per generation, and the validation score of each generation's best."""
-    plt = _pyplot()
+    plt = pyplot()
     gens = [line["generation"] for line in lines]
     pick = lambda key, field: [np.nan if line[key][field] is None else line[key][field]  # noqa
                                for line in lines]
@@ -45,7 +45,7 @@ def plot_fitness(lines: list[dict], out: Path) -> Path:
 
 def plot_recipe(recipe: dict, out: Path) -> Path:
     """One heatmap per evolved parameter: rows are layer groups, columns sources."""
-    plt = _pyplot()
+    plt = pyplot()
     values = recipe["values"]
     groups, sources = recipe["groups"], [Path(s).name for s in recipe["sources"]]
     fig, axes = plt.subplots(1, len(values), figsize=(2 + 2.2 * len(values) * max(1, len(sources) / 2),

@@ -25,8 +25,8 @@ from evosax.algorithms import algorithms as _REGISTRY
 from evosax.algorithms.population_based.base import PopulationBasedAlgorithm
 
 from ..errors import ConfigError
+from ..parallel.seeds import STRATEGY_STREAM
 
-_STRATEGY_STREAM = 2
 # Constructor arguments the search fills itself; `strategy.options` may set any other scalar one.
 _RESERVED = {"self", "population_size", "solution", "fitness_shaping_fn", "metrics_fn",
              "std_schedule", "sampling_fn", "params", "params_path"}
@@ -46,7 +46,7 @@ class Strategy:
     include_mean: bool = False
 
     def _key(self, seed: int, generation: int, use: int):
-        key = jax.random.fold_in(jax.random.key(seed), _STRATEGY_STREAM)
+        key = jax.random.fold_in(jax.random.key(seed), STRATEGY_STREAM)
         return jax.random.fold_in(jax.random.fold_in(key, generation + 1), use)
 
     def init(self, seed: int, mean: np.ndarray):

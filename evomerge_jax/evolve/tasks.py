@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .config import TaskSection
+from .metrics import extract_answer
 
 SPLITS = ("fitness", "validation", "test")
 _PAD_MULTIPLE = 8  # pad lengths up to a multiple of this: fewer distinct compiled shapes
@@ -119,7 +120,7 @@ def _encode(tokenizer, text: str, specials: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=specials)["input_ids"])
 
 
-def _pad_to(length: int) -> int:
+def pad_to(length: int) -> int:
     return -(-length // _PAD_MULTIPLE) * _PAD_MULTIPLE
 
 
@@ -171,7 +172,6 @@ def _split_rows(cfg: TaskSection, records, tokenizer, path: Path, eos_id):
 
 
 def _check_answer(cfg: TaskSection, target: str, where: str) -> None:
-    from .metrics import extract_answer
 
     if cfg.compare == "numeric" and extract_answer(target, cfg.answer_regex, numeric=True) is None:
         raise TaskError(f"{where}: target {target!r} holds no number matching answer_regex "
@@ -201,7 +201,7 @@ def load_task(cfg: TaskSection, tokenizer, context: int | None) -> TaskData:
         what = "prompt + max_new_tokens" if cfg.type == "generate" else "prompt + target"
         raise TaskError(f"{worst[0]}:{worst[1]}: {what} take {longest} tokens, more than the "
                         f"model's context of {context} (task {cfg.name!r})")
-    seq = _pad_to(longest)
+    seq = pad_to(longest)
     splits = {split: _arrays(cfg, rows, seq, pad) for split, rows in raw.items()}
     return TaskData(cfg, splits, seq, eos_id, pad)
 

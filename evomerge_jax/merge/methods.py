@@ -70,12 +70,12 @@ def _task_vector_entry(name: str) -> MergeMethod:
     preset = PRESETS[name]
     per_source = {"weight": REQUIRED, "density": 1.0, "gamma": 0.01, "epsilon": 0.15}
     options = {"rescale_rule": "l1"}
-    if preset.sparsifier in ("magnitude", "magnitude_outliers"):
+    if preset.uses_tables:
         options["magnitude_tables_kn"] = None
     return MergeMethod(
         name, preset_fn(name), "required", per_source,
         {"normalize": preset.normalize, "rescale": preset.rescale, "lambda": 1.0, "int8_mask": False},
-        options, random=preset.sparsifier in ("random", "della_magprune"), min_sources=0,
+        options, random=preset.random, min_sources=0,
     )
 
 

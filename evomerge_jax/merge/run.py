@@ -12,7 +12,6 @@ reproducible, and a tensor's draw does not depend on which other tensors the pla
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from evomerge_jax.checkpoint import DTYPES, TensorReader, copy_tokenizer_files, output_config
-from evomerge_jax.fileio import atomic_dir, parse_size, write_safetensors_shards
+from evomerge_jax.fileio import (DEFAULT_SHARD_SIZE, atomic_dir, parse_size,
+                                  write_safetensors_shards)
 from evomerge_jax.merge.methods import merge_tensor
 from evomerge_jax.merge.task_arithmetic import PRESETS
-from evomerge_jax.evolve.xla_options import merge_jit
+from evomerge_jax.parallel.xla_options import merge_jit
+from evomerge_jax.parallel.seeds import merge_tensor_key
 from evomerge_jax.merge.plan import MergePlan, TensorOp
 
 
@@ -35,13 +36,6 @@ from evomerge_jax.merge.plan import MergePlan, TensorOp
 # compilation is shared by every tensor of that shape.
 _JIT_MIN_ELEMENTS = 1 << 23
 # Sparsifiers that threshold against a sorted-magnitude table (see `sparsify.magnitude_table`).
-_TABLE_SPARSIFIERS = ("magnitude", "magnitude_outliers")
-
-
-def tensor_key(seed: int, name: str) -> jax.Array:
-    """The PRNG key of one output tensor: independent of the process and of the other tensors."""
-    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") & 0x7FFFFFFF
-    return jax.random.fold_in(jax.random.key(seed), digest)
 
 
 @contextmanager
@@ -67,7 +61,7 @@ def _magnitude_tables(method: str, base: np.ndarray | None, sources_k: np.ndarra
     """The sorted |X_k − B| tables that TIES-style trimming thresholds against, sorted by numpy:
     XLA's CPU sort is ~20x slower on large tensors (13 s vs 0.7 s for 24.6M floats)."""
     preset = PRESETS.get(method)
-    if preset is None or preset.sparsifier not in _TABLE_SPARSIFIERS or base is None:
+    if preset is None or not preset.uses_tables or base is None:
         return {}
     table_kn = (sources_k - base[None]).reshape(len(sources_k), -1)
     np.negative(np.abs(table_kn, out=table_kn), out=table_kn)
@@ -102,7 +96,7 @@ def merge_op(plan: MergePlan, op: TensorOp, seed: int) -> np.ndarray:
     for k, ref in enumerate(op.sources):
         sources_k[k] = _read(readers, plan, ref)
     del readers
-    key = tensor_key(seed, op.name) if plan.method.random else None
+    key = merge_tensor_key(seed, op.name) if plan.method.random else None
     tables = _magnitude_tables(plan.method.name, base, sources_k)
     if np.prod(shape) >= _JIT_MIN_ELEMENTS:
         arrays = {"sources_k": sources_k, **tables, **({} if base is None else {"base": base})}
@@ -117,7 +111,7 @@ def merge_op(plan: MergePlan, op: TensorOp, seed: int) -> np.ndarray:
     return np.asarray(merged).astype(jnp.dtype(plan.out_dtype), copy=False)
 
 
-def run_plan(plan: MergePlan, out_dir: str | Path, *, seed: int = 0, shard_size: int | str = "5GB",
+def run_plan(plan: MergePlan, out_dir: str | Path, *, seed: int = 0, shard_size: int | str = DEFAULT_SHARD_SIZE,
              overwrite: bool = False, quiet: bool = False) -> Path:
     """Write the merged model to `out_dir`: shards, config.json, tokenizer files, and the config
     it ran as mergekit_config.yml (as mergekit does)."""

@@ -23,6 +23,8 @@ lies within float32 rounding of an integer (e.g. float32(0.45)·240 gives 108, f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +32,25 @@ import numpy as np
 from evomerge_jax.errors import MergeError
 from evomerge_jax.merge.numerics import as_rows, concrete_or_none
 
-SPARSIFIERS = ("magnitude", "random", "magnitude_outliers", "della_magprune")
+
+
+@dataclass(frozen=True)
+class Sparsifier:
+    """What a sparsifier needs: the one place the merge, the PS pass, the planner and the config
+    read these properties from."""
+
+    name: str
+    random: bool                 # draws its mask from a key (DARE, DELLA)
+    uses_table: bool             # thresholds from each task vector's sorted magnitudes (TIES, ...)
+    reads: tuple[str, ...]       # the per-source parameters it reads
+
+
+SPARSIFIERS: dict[str, Sparsifier] = {s.name: s for s in (
+    Sparsifier("magnitude", random=False, uses_table=True, reads=("density",)),
+    Sparsifier("random", random=True, uses_table=False, reads=("density",)),
+    Sparsifier("magnitude_outliers", random=False, uses_table=True, reads=("density", "gamma")),
+    Sparsifier("della_magprune", random=True, uses_table=False, reads=("density", "epsilon")),
+)}
 RESCALE_RULES = ("l1", "inverse_density")
 # mergekit skips the L1 rescale when either norm is below this (MERGE_SEMANTICS step 2, rescale).
 L1_RESCALE_FLOOR = 1e-7
@@ -160,7 +180,7 @@ def sparsify(delta, density, method: str, *, key=None, table=None, gamma=0.01, e
     """
     if method not in SPARSIFIERS:
         raise MergeError(f"unknown sparsifier {method!r}; choose one of {', '.join(SPARSIFIERS)}")
-    if method in ("random", "della_magprune") and key is None:
+    if SPARSIFIERS[method].random and key is None:
         raise MergeError(f"sparsifier {method!r} is random: pass a jax PRNG key")
     keep_probability = jnp.asarray(density, delta.dtype)
     if method == "magnitude":

@@ -16,11 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from evomerge_jax.merge.numerics import per_source, sign_agreement
-from evomerge_jax.merge.sparsify import magnitude_table, sparsify
+from evomerge_jax.merge.sparsify import SPARSIFIERS, magnitude_table, sparsify
 
-# Sparsifiers whose masks are thresholds gathered from the sorted-magnitude table.
-_TABLE_SPARSIFIERS = ("magnitude", "magnitude_outliers")
-_RANDOM_SPARSIFIERS = ("random", "della_magprune")
 # A scalar divisor closer to zero than this is replaced by 1 (step 5, no consensus).
 DIVISOR_FLOOR = 1e-8
 
@@ -33,6 +30,18 @@ class TaskVectorPreset:
     sparsifier: str | None  # a name from sparsify.SPARSIFIERS or None
     normalize: bool  # default of the global `normalize` parameter
     rescale: bool  # default of the global `rescale` parameter
+
+    @property
+    def random(self) -> bool:
+        return self.sparsifier is not None and SPARSIFIERS[self.sparsifier].random
+
+    @property
+    def uses_tables(self) -> bool:
+        return self.sparsifier is not None and SPARSIFIERS[self.sparsifier].uses_table
+
+    @property
+    def sparsifier_reads(self) -> tuple[str, ...]:
+        return () if self.sparsifier is None else SPARSIFIERS[self.sparsifier].reads
 
 
 PRESETS = {
@@ -64,9 +73,9 @@ def task_vector_merge(base, sources_k, params, key=None, *, consensus=None, spar
     # Step 2: each task vector sparsified on its own. A Python loop over the (few) sources keeps a
     # concrete density concrete, so int(d·n) is counted in float64 as mergekit does.
     if sparsifier is not None:
-        if magnitude_tables_kn is None and sparsifier in _TABLE_SPARSIFIERS:
+        if magnitude_tables_kn is None and SPARSIFIERS[sparsifier].uses_table:
             magnitude_tables_kn = jax.vmap(magnitude_table)(delta_k)
-        keys_k = jax.random.split(key, num_sources) if sparsifier in _RANDOM_SPARSIFIERS else None
+        keys_k = jax.random.split(key, num_sources) if SPARSIFIERS[sparsifier].random else None
         delta_k = jnp.stack([
             sparsify(
                 delta_k[k], params["density"][k], sparsifier,

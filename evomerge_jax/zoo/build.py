@@ -28,9 +28,9 @@ import jax
 
 from ..checkpoint import Checkpoint, save
 from ..fileio import atomic_dir
+from ..tokenizer_build import write_word_tokenizer
 from . import data, train, world
 from .gates import compute_gates, format_gates
-from .tokenizer import write_tokenizer_files
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,9 @@ def build_zoo(out_dir: str | Path, seed: int = 0, quick: bool = False, log=print
     with atomic_dir(root, overwrite=True) as tmp:
         tok_dir = tmp / "tokenizer"
         tok_dir.mkdir()
-        write_tokenizer_files(tok_dir)
+        write_word_tokenizer({tok: i for i, tok in enumerate(world.VOCAB)}, tok_dir,
+                             specials=world.SPECIALS, bos="<bos>", eos="<eos>", pad="<pad>",
+                             unk="<unk>", model_max_length=64)
         for name, p in params.items():
             save(Checkpoint(spec, p, config), tmp / "models" / name, tokenizer_from=tok_dir)
         save(Checkpoint(spec, train.materialize(both), config),

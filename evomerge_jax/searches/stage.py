@@ -1,8 +1,7 @@
-"""The three commands built on the evolve package: `evolve` (search, then score and export the best),
-`export` (any run's best as an HF dir) and `eval` (any model dir on a config's tasks).
-
-Every check that can fail on user input (config, model dirs, task files, strategy) runs in
-`prepare` before any weight is loaded or any function compiled.
+"""One stage of a search run, whatever the search: the run dir (checked on every process, written
+by process 0), the device mesh, the evaluator, the generation loop (`evolve/loop.py`), then the
+best scored on validation and test, exported and tabulated. Multi-stage searches (`ps_dfs.py`)
+chain stages; `run.py` picks the stage runner from the registry.
 """
 
 from __future__ import annotations
@@ -14,36 +13,23 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..checkpoint import load, read_config
+from ..checkpoint import load
 from ..errors import ConfigError
+from ..evolve.config import EvolveConfig, dump_config, load_config
+from ..evolve.evaluate import Evaluator, PlainModel, available_memory
+from ..evolve.loop import Best, run_search
+from ..evolve.report import plot_fitness, plot_recipe, print_table, read_log, score_table
 from ..fileio import atomic_write_text
-from .config import EvolveConfig, dump_config, load_config
-from .distributed import agree, barrier, is_main
-from .evaluate import Evaluator, PlainModel, available_memory
-from .mesh import device_bytes, make_mesh, mesh_sizes
-from .ps import PSSearch, check_models, forward_dtype
-from .report import plot_fitness, plot_recipe, print_table, read_log, score_table
-from .search import Best, run_search
-from .strategy import build_strategy
-from .tasks import load_tasks, load_tokenizer
+from ..parallel.distributed import agree, barrier, is_main
+from ..parallel.mesh import device_bytes, make_mesh, mesh_sizes
 
 
-def prepare(cfg: EvolveConfig, log=print):
-    """Validate models, tokenizer, tasks and strategy; returns (search, tasks, tokenizer, strategy)
-    with no weights loaded yet."""
-    if cfg.compute.mesh != "auto":  # explicit sizes must use every device: checked before any write
+def check_mesh(cfg: EvolveConfig) -> None:
+    """Explicit mesh sizes must use every device: checked before anything is written."""
+    if cfg.compute.mesh != "auto":
         import jax
 
         mesh_sizes(cfg.compute.mesh, jax.device_count(), lambda m: 0, 0)
-    if cfg.search == "dfs":
-        from .dfs_search import prepare_dfs
-        return prepare_dfs(cfg, log)
-    spec, hf_config = check_models(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model)
-    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
-    search = PSSearch(cfg, spec, hf_config)
-    strategy = build_strategy(cfg.strategy, search.num_dims)
-    return search, tasks, tokenizer, strategy
 
 
 def _first(scores: dict) -> dict:
@@ -104,30 +90,41 @@ def build_mesh(cfg: EvolveConfig, search, devices=None, log=print):
     return make_mesh(devices, pop, model)
 
 
-def evolve(config_path, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-           log=print, devices=None, on_generation=None, export: bool = True) -> dict:
-    """Run a search end to end; returns the results written to RUN_DIR/results.json. In a
-    multi-process run (distributed.py) every process calls this; process 0 alone logs and
-    writes."""
-    cfg = load_config(config_path)
-    if not is_main():
-        progress, log = False, _silent
-    options = dict(progress=progress, log=log, devices=devices, on_generation=on_generation,
-                   export=export)
-    if cfg.search == "ps+dfs":
-        from .dfs_search import evolve_ps_dfs
-        return evolve_ps_dfs(cfg, resume=resume, overwrite=overwrite, **options)
-    return evolve_config(cfg, resume=resume, overwrite=overwrite, **options)
+def start_run_dir(cfg: EvolveConfig, resume: bool, overwrite: bool) -> Path:
+    """Check the run dir on every process, then (process 0) wipe it if asked, create it and save
+    the config; every process returns once the dir is ready."""
+    barrier("run dir: before the checks")  # no process has touched the dir yet
+    run_dir, wipe = _check_run_dir(cfg, resume, overwrite)
+    barrier("run dir: checked")
+    if is_main():
+        if wipe:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yml", dump_config(cfg))
+    barrier("run dir: ready")
+    return run_dir
 
 
-def _silent(*_args) -> None:
-    pass
+def build_mesh(cfg: EvolveConfig, search, devices=None, log=print):
+    """The (pop, model) mesh over `devices` (default: every process's devices) from
+    `compute.mesh`; under `auto` the weights' size picks the model axis (mesh.mesh_sizes)."""
+    import jax
+
+    devices = list(devices or jax.devices())
+    spec, shapes = search.weight_layout()
+    pop, model = mesh_sizes(cfg.compute.mesh, len(devices),
+                            lambda m: device_bytes(spec, shapes, m),
+                            available_memory(jax.local_devices()[0]), log)
+    pop, model = agree((pop, model))
+    return make_mesh(devices, pop, model)
 
 
-def evolve_config(cfg: EvolveConfig, *, resume: bool = False, overwrite: bool = False,
-                  progress: bool = True, log=print, devices=None, on_generation=None,
-                  export: bool = True) -> dict:
-    """`evolve` of a loaded config of one stage (search ps or dfs)."""
+def evolve_stage(cfg: EvolveConfig, prepare, *, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True, log=print, devices=None, on_generation=None,
+                 export: bool = True) -> dict:
+    """Run one stage (a single-stage search) of a loaded config: `prepare(cfg, log)` (its registry
+    entry's) checks everything before any weight is read; then search, score, export."""
+    check_mesh(cfg)
     search, tasks, tokenizer, strategy = prepare(cfg, log)
     plan_path = Path(cfg.output_dir) / "plan.json"
     plan = json.loads(plan_path.read_text()) if resume and plan_path.is_file() else {}
@@ -200,39 +197,29 @@ def score_model(model_dir, tasks, tokenizer, splits, dtype=None, log=print) -> d
     return {split: _first(evaluator.split_scores(zeros_g, zeros_k, split)) for split in splits}
 
 
-def eval_model(model_dir, config_path, splits=("validation", "test"), log=print) -> dict:
-    """`evomerge eval`: a model dir on a config's tasks, with the model dir's own tokenizer when
-    it has one (else the config's)."""
-    cfg = load_config(config_path)
-    root, hf_config, _ = read_config(model_dir)
-    has_tokenizer = (root / "tokenizer.json").is_file() or (root / "tokenizer.model").is_file()
-    tokenizer = load_tokenizer(root if has_tokenizer else (cfg.tokenizer or cfg.base_model))
-    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
-    scores = score_model(model_dir, tasks, tokenizer, splits, cfg.compute.dtype, log)
-    print_table(score_table({Path(model_dir).name: scores}, title=str(model_dir)))
-    return scores
+def score_model(model_dir, tasks, tokenizer, splits, dtype=None, log=print) -> dict:
+    """One model dir on the tasks' splits: {split: {task: {metric: float}}}."""
+    import jax
+
+    ckpt = load(model_dir, dtype)
+    # A plain model is one candidate: one device, no replication.
+    evaluator = Evaluator(PlainModel(ckpt.spec), ckpt.params, tasks, tokenizer,
+                          devices=jax.local_devices()[:1], log=log)
+    zeros_g, zeros_k = np.zeros((1, 1), np.float32), np.zeros((1, 2), np.uint32)
+    return {split: _first(evaluator.split_scores(zeros_g, zeros_k, split)) for split in splits}
 
 
-def export_run(run_dir, out_dir, *, overwrite: bool = False, log=print) -> Path:
-    """`evomerge export`: the best candidate of a run (finished or not) as an HF dir."""
+def export_stage(run_dir, search_for, out_dir, *, overwrite: bool = False, log=print) -> Path:
+    """The best candidate of one stage's run dir (finished or not) as an HF dir; `search_for`
+    builds the stage's search from its saved config without loading weights."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yml").is_file():
-        raise ConfigError(f"{run_dir}: not a run dir (no config.yml)")
     cfg = load_config(run_dir / "config.yml")
-    if cfg.search == "ps+dfs":  # the final model is the DFS stage's best
-        return export_run(run_dir / "dfs", out_dir, overwrite=overwrite, log=log)
     if not (run_dir / "best.json").is_file():
         raise ConfigError(f"{run_dir}: the run has no best candidate yet (no best.json)")
     best = Best.read(run_dir / "best.json")
-    if cfg.search == "dfs":
-        from .dfs_search import dfs_search_for
-        search = dfs_search_for(cfg)
-    else:
-        spec, hf_config = check_models(cfg)
-        search = PSSearch(cfg, spec, hf_config)
+    search = search_for(cfg)
     note = (f"generation {best.generation}, candidate {best.candidate}, validation score "
             f"{best.validation:.6g}")
     out = search.export(best.genome, best.key, out_dir, overwrite=overwrite, note=note)
-    dtype = search.dtype if cfg.search == "dfs" else forward_dtype(cfg, cfg.base_model)
-    log(f"wrote {out} (dtype {dtype})")
+    log(f"wrote {out} (dtype {search.dtype})")
     return out

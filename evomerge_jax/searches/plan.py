@@ -9,12 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import jax
+from rich.table import Table
+
 from ..arch import ModelSpec
-from ..errors import ConfigError
-from .memory_model import (
-    Bytes, DTYPE_BYTES, F32, GiB, TaskShape, Workload, choose_chunk,
-    dfs_candidate_bytes, model_elements, pass_bytes, ps_candidate_bytes, shape_of, shared_merge_bytes, workloads,
-)
+from ..checkpoint import TensorReader, read_config
+from ..dfs.search import check_dfs_models, dfs_sources
+from ..errors import CheckpointError, ConfigError
+from ..evolve.config import DFSSection, MeshSection
+from ..evolve.evaluate import available_memory
+from ..evolve.tasks import load_task, load_tokenizer, pad_to
+from ..fileio import parse_size
+from ..merge.task_arithmetic import PRESETS
+from ..parallel.mesh import mesh_sizes
+from ..parallel.memory_model import (Bytes, DTYPE_BYTES, F32, GiB, TaskShape, Workload,
+                                     choose_chunk, dfs_candidate_bytes, model_elements, pass_bytes,
+                                     ps_candidate_bytes, shape_of, shared_merge_bytes, workloads)
+from ..ps.genome import make_layout
+from ..ps.search import check_models
+from .ps_dfs import stage_configs
 
 
 @dataclass(frozen=True)
@@ -72,8 +85,6 @@ ASSUMED_CHOICES = 4  # a choice task's options per row when its files are absent
 
 def parse_mesh(text: str):
     """'4x2' -> compute.mesh's section (pop 4, model 2); 'auto' -> 'auto'."""
-    from .config import MeshSection
-
     if text.strip().lower() == "auto":
         return "auto"
     parts = text.lower().split("x")
@@ -85,8 +96,6 @@ def parse_mesh(text: str):
 def _task_shapes(cfg, tokenizer_dir, context, seq_len: int):
     """Shapes of the config's tasks: tokenized from their files when all three splits exist
     (the row lengths evolve will use), else `seq_len` tokens per row assumed (noted)."""
-    from .tasks import _pad_to, load_task, load_tokenizer
-
     shapes, notes, tokenizer = [], [], None
     for task in cfg.tasks:
         files = [getattr(task.data, s) for s in ("fitness", "validation", "test")]
@@ -96,7 +105,7 @@ def _task_shapes(cfg, tokenizer_dir, context, seq_len: int):
             continue
         new = task.max_new_tokens if task.type == "generate" else 0
         rows = task.batch_size * (ASSUMED_CHOICES if task.type == "choice" else 1)
-        shapes.append(TaskShape(task, rows, _pad_to(seq_len + new)))
+        shapes.append(TaskShape(task, rows, pad_to(seq_len + new)))
         notes.append(f"task {task.name!r}: data files absent; {seq_len}-token "
                      f"{'prompts' if new else 'rows'} assumed (--seq-len)")
     return shapes, notes
@@ -133,21 +142,13 @@ class _Stage:
 
 
 def _stage(cfg, a_stand_in=None) -> _Stage:
-    from ..checkpoint import TensorReader, read_config
-    from ..merge.task_arithmetic import PRESETS
-    from .genome import make_layout
-    from .ps import _TABLE_SPARSIFIERS, check_models
-
     if cfg.search == "ps":
         spec, hf_config = check_models(cfg)
         k = len(cfg.models)
-        return _Stage(spec, k, PRESETS[cfg.merge.method].sparsifier in _TABLE_SPARSIFIERS, 0,
+        return _Stage(spec, k, PRESETS[cfg.merge.method].uses_tables, 0,
                       TensorReader(cfg.base_model).dtype("model.embed_tokens.weight"),
                       make_layout(cfg, k, spec.num_layers).num_dims, hf_config,
                       cfg.tokenizer or cfg.base_model)
-    from .config import DFSSection
-    from .dfs_search import check_dfs_models, dfs_sources
-
     a, b = dfs_sources(cfg)
     a = a_stand_in or a
     path_spec, hf_config = check_dfs_models(a, b, cfg.dfs or DFSSection())
@@ -166,16 +167,9 @@ def plan_memory(cfg, devices: int | None = None, device_memory: int | str | None
     with the mesh `mesh` ('POPxMODEL' or 'auto'; default the config's `compute.mesh`, chosen as
     evolve chooses it, mesh.py). Reads config.json, safetensors headers and task files only.
     `check`: raise `ConfigError` (one line, saying what to change) when it cannot fit."""
-    from ..errors import CheckpointError
-    from ..fileio import parse_size
-    from .mesh import mesh_sizes
-
     if cfg.search == "ps+dfs":
         raise ConfigError("plan_memory plans one stage; plan_stages plans both of ps+dfs")
     if device_memory is None:
-        import jax
-
-        from .evaluate import available_memory
         device_memory = available_memory(jax.local_devices()[0])
     try:
         device_memory = parse_size(device_memory)
@@ -218,8 +212,6 @@ def plan_stages(cfg, devices=None, device_memory=None, mesh=None, **options) -> 
     model's shapes), else the config's own."""
     if cfg.search != "ps+dfs":
         return [plan_memory(cfg, devices, device_memory, mesh, **options)]
-    from .dfs_search import stage_configs
-
     ps_cfg, dfs_cfg = stage_configs(cfg)
     return [plan_memory(ps_cfg, devices, device_memory, mesh, **options),
             plan_memory(dfs_cfg, devices, device_memory, mesh, a_stand_in=cfg.base_model,
@@ -274,8 +266,6 @@ def _advice(cfg, device_memory, mesh, dtype, shapes, fit, result) -> str:
 def plan_table(plan: MemoryPlan):
     """A rich Table of a plan: bytes per device by line item in each phase, against the device
     (in GiB, or MiB for devices under 4 GiB)."""
-    from rich.table import Table
-
     pop, m = plan.mesh
     unit, scale = ("GiB", GiB) if plan.device_memory >= 4 * GiB else ("MiB", 2**20)
     table = Table(title=f"{plan.search}: memory per device ({plan.devices} device(s), mesh "

@@ -18,10 +18,10 @@ import yaml
 
 from ..arch import global_hf_name, layer_hf_name
 from ..checkpoint import DTYPES, TensorReader, copy_tokenizer_files, output_config
-from ..fileio import atomic_dir, write_safetensors_shards
+from ..fileio import DEFAULT_SHARD_SIZE, atomic_dir, parse_size, write_safetensors_shards
 from ..merge.task_arithmetic import PRESETS
 from .genome import clip
-from .xla_options import merge_jit
+from ..parallel.xla_options import merge_jit
 
 # mergekit tensor-name substrings of each side of a layer (the norm before each block included).
 _SIDE_FILTERS = (("self_attn", "input_layernorm"), ("mlp", "post_attention_layernorm"))
@@ -78,7 +78,8 @@ def export_ps(search, genome, key_data, out_dir, *, overwrite=False, note: str =
     cfg = search.cfg
     tokenizer_dir = cfg.tokenizer or cfg.base_model
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        write_safetensors_shards(merged_tensors(search, genome, key_data), tmp, 5 * 10**9)
+        write_safetensors_shards(merged_tensors(search, genome, key_data), tmp,
+                                 parse_size(DEFAULT_SHARD_SIZE))
         out_cfg = output_config(search.hf_config, search.spec, DTYPES[search.model.dtype])
         (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2) + "\n")
         copy_tokenizer_files(Path(tokenizer_dir), tmp)
@@ -138,7 +139,7 @@ def recipe_yaml(search, genome, note: str = "") -> str:
     lines = ["# Evolved merge recipe (evomerge PS search), in mergekit's config format."]
     if note:
         lines.append(f"# {note}")
-    if PRESETS[cfg.merge.method].sparsifier in ("random", "della_magprune"):
+    if PRESETS[cfg.merge.method].random:
         lines.append(f"# {cfg.merge.method} drops elements at random: evomerge draws its masks from "
                      "keys of (seed, generation, candidate, tensor), mergekit from its own RNG, so "
                      "mergekit builds another sample of this recipe, not these exact tensors.")

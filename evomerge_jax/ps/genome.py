@@ -21,11 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ATTN_TENSORS = frozenset({"attn_norm", "q_proj", "k_proj", "v_proj", "o_proj", "q_bias", "k_bias",
-                          "v_bias", "o_bias", "q_norm", "k_norm"})
-MLP_TENSORS = frozenset({"mlp_norm", "gate_proj", "up_proj", "down_proj", "gate_bias", "up_bias",
-                         "down_bias"})
-GLOBAL_TENSORS = ("embed", "final_norm", "lm_head")
+from ..arch import LAYER_TENSORS
+from ..evolve.config import method_parameters
+
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ class GenomeLayout:
 
     def kind_of(self, tensor: str) -> int:
         """0 for attention-side tensors (or every tensor when not split), 1 for MLP-side ones."""
-        return int(self.split_attn_mlp and tensor in MLP_TENSORS)
+        return int(self.split_attn_mlp and LAYER_TENSORS[tensor].side == "mlp")
 
     def layer_group(self, layer: int, kind: int) -> int:
         return (layer // self.layers_per_group) * self.num_kinds + kind
@@ -127,8 +125,6 @@ def clip(genomes: np.ndarray) -> tuple[np.ndarray, int]:
 
 def make_layout(cfg, num_sources: int, num_layers: int) -> GenomeLayout:
     """The layout an `EvolveConfig` describes, for K sources and L layers."""
-    from .config import method_parameters
-
     kinds = method_parameters(cfg.merge.method)
     return GenomeLayout(
         params=tuple(cfg.merge.evolve),

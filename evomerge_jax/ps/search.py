@@ -1,5 +1,5 @@
 """Parameter-space search: the sources loaded and stacked, the genome layout, and the `PSModel`,
-assembled from an `EvolveConfig` into a `Search` (see `search.py`).
+assembled from an `EvolveConfig` into a `Search` (the protocol in `evolve/loop.py`).
 
 Source weights are stacked once: global tensors [K, ...] and per-layer tensors [L, K, ...]
 (layers first, then sources, then the tensor's own axes), read straight onto the device mesh
@@ -21,12 +21,13 @@ from ..arch import global_hf_name, layer_hf_name
 from ..checkpoint import DTYPES, TensorReader, read_config
 from ..errors import ConfigError
 from ..merge.sparsify import magnitude_table
+from ..evolve.strategy import build_strategy
+from ..evolve.tasks import load_tasks, load_tokenizer
 from ..merge.task_arithmetic import PRESETS
+from ..parallel.mesh import first_device_mesh, read_global, weight_shardings
+from .export import export_ps
 from .genome import GenomeLayout, clip, make_layout
-from .mesh import first_device_mesh, read_global, weight_shardings
 from .population import PSModel
-
-_TABLE_SPARSIFIERS = ("magnitude", "magnitude_outliers")
 
 
 def check_models(cfg):
@@ -130,7 +131,7 @@ class PSSearch:
         self.cfg, self.spec, self.hf_config = cfg, spec, hf_config
         self.layout: GenomeLayout = make_layout(cfg, len(cfg.models), spec.num_layers)
         self.dtype = forward_dtype(cfg, cfg.base_model)
-        uses_tables = PRESETS[cfg.merge.method].sparsifier in _TABLE_SPARSIFIERS
+        uses_tables = PRESETS[cfg.merge.method].uses_tables
         self.model = PSModel(spec, self.layout, cfg.merge.method, cfg.merge.rescale_rule,
                              tuple(sorted(cfg.merge.parameters.items())), self.dtype, uses_tables,
                              cfg.compute.prng)
@@ -166,6 +167,20 @@ class PSSearch:
                            for n, v in values.items()}}
 
     def export(self, genome, key_data, out_dir, *, overwrite=False, note: str = "") -> Path:
-        from .export import export_ps
-
         return export_ps(self, genome, key_data, out_dir, overwrite=overwrite, note=note)
+
+
+def ps_search_for(cfg) -> PSSearch:
+    """The search of a `search: ps` config, checked, no weights loaded (for export)."""
+    spec, hf_config = check_models(cfg)
+    return PSSearch(cfg, spec, hf_config)
+
+
+def prepare_ps(cfg, log=print):
+    """Every check of a `search: ps` config that needs no weights: (search, tasks, tokenizer,
+    strategy)."""
+    spec, hf_config = check_models(cfg)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model)
+    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
+    search = PSSearch(cfg, spec, hf_config)
+    return search, tasks, tokenizer, build_strategy(cfg.strategy, search.num_dims)

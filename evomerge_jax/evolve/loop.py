@@ -24,9 +24,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ..fileio import atomic_write_text
-from .distributed import is_main
+from ..parallel.distributed import is_main
 from .evaluate import combine
-from .population import candidate_keys
+from ..parallel.seeds import candidate_keys
 from .strategy import Strategy, losses
 
 

@@ -27,7 +27,6 @@ prng.py); export recomputes the same keys, so the exported model is the one that
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from functools import partial
 
@@ -40,34 +39,9 @@ from ..generation import greedy_loop
 from ..merge.methods import merge_tensor
 from ..model import decoder_layer, embed as embed_tokens, make_context, positions_from_mask
 from ..model import sliding_flags, unembed
+from ..parallel.memory_model import Workload, ps_candidate_bytes, shared_merge_bytes
 from .genome import GenomeLayout
-from .prng import wrap
-
-_MERGE_STREAM = 1  # fold-in tag separating merge randomness from other uses of the seed
-
-
-def candidate_key(seed: int, generation: int, candidate: int) -> np.ndarray:
-    """Raw key data [2] (uint32) of one candidate's merge randomness."""
-    key = jax.random.fold_in(jax.random.key(seed), _MERGE_STREAM)
-    key = jax.random.fold_in(jax.random.fold_in(key, generation), candidate)
-    return np.asarray(jax.random.key_data(key))
-
-
-def candidate_keys(seed: int, generation: int, candidates) -> np.ndarray:
-    return np.stack([candidate_key(seed, generation, int(c)) for c in candidates])
-
-
-def tensor_id(name: str) -> int:
-    """A stable 31-bit id of a tensor's short name (independent of the architecture's order)."""
-    return zlib.crc32(name.encode()) & 0x7FFFFFFF
-
-
-def tensor_key(key_data, name: str, layer=None, prng: str = "hash"):
-    """The key of one tensor of one candidate, for the generator `prng` (see prng.py); `layer`
-    may be traced (inside the layer scan)."""
-    key = jax.random.fold_in(wrap(key_data, prng), tensor_id(name))
-    return key if layer is None else jax.random.fold_in(key, layer)
-
+from ..parallel.seeds import tensor_key
 
 @dataclass(frozen=True)
 class PSModel:
@@ -207,12 +181,8 @@ class PSModel:
     def memory(self, rows: int, seq: int, new_tokens: int = 0, model_axis: int = 1):
         """(bytes per candidate of the layer scan, per candidate of the global-tensor map) of one
         batch, as `memory_model.Bytes`: the planner's formulas (memory_model.py), one place."""
-        from .memory_model import Workload, ps_candidate_bytes
-
         return ps_candidate_bytes(self.spec, self.layout.num_sources, self.dtype,
                                   Workload(rows, seq, new_tokens), model_axis)
 
     def fixed_memory(self, model_axis: int = 1) -> int:
-        from .memory_model import shared_merge_bytes
-
         return shared_merge_bytes(self.spec, self.layout.num_sources, model_axis)

@@ -28,21 +28,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ..arch import ModelSpec
+from ..arch import LAYER_TENSORS, ModelSpec
 from ..errors import ConfigError
 
 POP, MODEL = "pop", "model"
 _FIT = 0.5  # auto mesh: the weights may take half of a device's free memory, the pass the rest
 
-# short name -> (own axis split on `model`, the spec's count that the axis must divide)
-_SPLITS = {
-    "q_proj": (0, "num_heads"), "q_bias": (0, "num_heads"), "o_proj": (1, "num_heads"),
-    "k_proj": (0, "num_kv_heads"), "k_bias": (0, "num_kv_heads"),
-    "v_proj": (0, "num_kv_heads"), "v_bias": (0, "num_kv_heads"),
-    "gate_proj": (0, "intermediate_size"), "gate_bias": (0, "intermediate_size"),
-    "up_proj": (0, "intermediate_size"), "up_bias": (0, "intermediate_size"),
-    "down_proj": (1, "intermediate_size"),
-}
 _VOCAB = ("embed", "lm_head")
 
 
@@ -54,10 +45,11 @@ def split_axis(spec: ModelSpec, name: str, model: int) -> int | None:
         if spec.vocab_size % model == 0:
             return 0
         return 1 if spec.hidden_size % model == 0 else None
-    if name in _SPLITS:
-        axis, count = _SPLITS[name]
-        return axis if getattr(spec, count) % model == 0 else None
-    return None
+    info = LAYER_TENSORS.get(name)
+    if info is None or info.split is None:
+        return None
+    axis, count = info.split  # arch.py's per-tensor table
+    return axis if getattr(spec, count) % model == 0 else None
 
 
 def _leaf_spec(spec: ModelSpec, model: int, path, shape) -> PartitionSpec:

@@ -1,5 +1,5 @@
-"""Data-flow-space search (Akiba et al. 2025, section 3.2) as a `Search` (see `search.py`), and the
-two-stage `ps+dfs` run.
+"""Data-flow-space search (Akiba et al. 2025, section 3.2) as a `Search` (the protocol in
+`evolve/loop.py`).
 
 DFS. The genome is a path through the layers of models A and B repeated r times (`dfs/genome.py`):
 indicator genes pick the used slots, a scale matrix W (or a small MLP) the scale of the hidden
@@ -8,13 +8,6 @@ state entering each used layer. `DFSModel` is a population model (the interface 
 all P candidates run in one scan over the usable slots (`dfs.population_hidden`,
 `dfs.population_generate`); the candidates' merge keys are unused (a path has no randomness). The
 best path is exported folded into a plain checkpoint of A's architecture (`dfs.save_path_model`).
-
-ps+dfs. One run in RUN_DIR: the PS stage is an ordinary run in RUN_DIR/ps (config.yml, log,
-checkpoints, results.json), its best exported to RUN_DIR/ps/model; the DFS stage is an ordinary
-DFS run in RUN_DIR/dfs with A = RUN_DIR/ps/model and B = `dfs.b` (default: the first of `models`),
-under `dfs.strategy` (default: the paper's CMA-ES, population 128, 100 generations). `--resume`
-continues whichever stage was interrupted; a finished PS stage (results.json and model/ present)
-is not rerun.
 """
 
 from __future__ import annotations
@@ -31,17 +24,20 @@ import numpy as np
 from ..arch import ModelSpec
 from ..arch import global_hf_name, layer_hf_name
 from ..checkpoint import DTYPES, Checkpoint, TensorReader, read_config
-from ..dfs import (PathSpec, check_compatible, decode, decode_path, initial_genome,
-                   population_generate, population_hidden, save_path_model)
-from ..fileio import atomic_write_text
+from .export import save_path_model
+from .forward import population_hidden
+from .generate import population_generate
+from .genome import PathSpec, decode, initial_genome
+from .path import decode_path
+from .stack import check_compatible
 from ..model import unembed
-from .config import DFS_STRATEGY, DFSSection, EvolveConfig
-from .distributed import barrier, is_main
-from .mesh import first_device_mesh, read_global, weight_shardings
-from .strategy import build_strategy
-from .tasks import load_tasks, load_tokenizer
+from ..evolve.config import DFSSection, EvolveConfig
+from ..parallel.mesh import first_device_mesh, read_global, weight_shardings
+from ..parallel.memory_model import Workload, dfs_candidate_bytes
+from ..parallel.seeds import DFS_MLP_STREAM
+from ..evolve.strategy import build_strategy
+from ..evolve.tasks import load_tasks, load_tokenizer
 
-_MLP_STREAM = 3  # fold-in tag of the MLP scale net's initial weights (scale_mode: mlp)
 _GENERIC_NAMES = ("A", "B")  # the compiled pass's names: runs over other dirs reuse its code
 
 
@@ -101,8 +97,6 @@ class DFSModel:
     def memory(self, rows: int, seq: int, new_tokens: int = 0, model_axis: int = 1):
         """(bytes per candidate, per candidate of the head map) of one batch, as
         `memory_model.Bytes` (memory_model.py holds the formulas): no weights are per candidate."""
-        from .memory_model import Workload, dfs_candidate_bytes
-
         lo, hi = self.path_spec.window
         return dfs_candidate_bytes(self.spec, hi - lo, self.dtype, Workload(rows, seq, new_tokens),
                                    model_axis)
@@ -175,7 +169,7 @@ class DFSSearch:
 
     def initial_mean(self) -> np.ndarray:
         """The paper's start: indicators 0 except A's first-repetition layers at 2σ, W = 1."""
-        key = jax.random.fold_in(jax.random.key(self.cfg.strategy.seed), _MLP_STREAM)
+        key = jax.random.fold_in(jax.random.key(self.cfg.strategy.seed), DFS_MLP_STREAM)
         return np.asarray(initial_genome(self.path_spec, self.cfg.strategy.sigma, key),
                           np.float32)
 
@@ -222,7 +216,7 @@ def dfs_search_for(cfg: EvolveConfig) -> DFSSearch:
 
 
 def prepare_dfs(cfg: EvolveConfig, log=print, a_stand_in: Path | None = None):
-    """`run.prepare` for `search: dfs`: (search, tasks, tokenizer, strategy), no weights loaded.
+    """The registry's `prepare` for `search: dfs`: (search, tasks, tokenizer, strategy), no weights loaded.
     `a_stand_in` replaces A for the checks (ps+dfs: the base model stands for the PS result)."""
     a, b = dfs_sources(cfg)
     a = a_stand_in or a
@@ -232,48 +226,3 @@ def prepare_dfs(cfg: EvolveConfig, log=print, a_stand_in: Path | None = None):
     search = DFSSearch(cfg, (a, b), path_spec)
     strategy = build_strategy(cfg.strategy, search.num_dims)
     return search, tasks, tokenizer, strategy
-
-
-def stage_configs(cfg: EvolveConfig) -> tuple[EvolveConfig, EvolveConfig]:
-    """The two stages of a ps+dfs config as ordinary configs (PS in RUN_DIR/ps; DFS in
-    RUN_DIR/dfs with A = RUN_DIR/ps/model, under dfs.strategy)."""
-    data = cfg.model_dump(mode="json", exclude_unset=True)
-    dfs = dict(data.pop("dfs", None) or {})
-    run_dir = Path(cfg.output_dir)
-    ps = EvolveConfig.model_validate({**data, "search": "ps", "output_dir": str(run_dir / "ps")})
-    strategy = dfs.pop("strategy", None) or DFS_STRATEGY.model_dump(mode="json",
-                                                                    exclude_unset=True)
-    dfs.update(a=str(run_dir / "ps" / "model"), b=dfs.get("b") or str(cfg.models[0]))
-    stage = {**data, "search": "dfs", "output_dir": str(run_dir / "dfs"), "strategy": strategy,
-             "dfs": dfs}
-    return ps, EvolveConfig.model_validate(stage)
-
-
-def evolve_ps_dfs(cfg: EvolveConfig, *, resume: bool = False, overwrite: bool = False, **kwargs):
-    """Run (or resume) both stages; returns the DFS stage's results with the PS best under "ps"
-    (also written to RUN_DIR/results.json). `kwargs`: those of `run.evolve_config`."""
-    from .run import evolve_config, export_run, prepare, start_run_dir
-
-    log = kwargs.get("log", print)
-    ps_cfg, dfs_cfg = stage_configs(cfg)
-    prepare(ps_cfg, log)  # every check of both stages before any compute
-    prepare_dfs(dfs_cfg, log, a_stand_in=Path(cfg.base_model))
-    run_dir = start_run_dir(cfg, resume, overwrite)
-    ps_dir, model_dir = Path(ps_cfg.output_dir), Path(dfs_cfg.dfs.a)
-    if (ps_dir / "results.json").is_file():
-        log(f"PS stage finished earlier ({ps_dir}); not rerun")
-    else:
-        evolve_config(ps_cfg, resume=resume and (ps_dir / "config.yml").is_file(),
-                      **{**kwargs, "export": False})
-    export_a = not (model_dir / "config.json").is_file()
-    barrier("ps+dfs: PS model checked")  # every process decided before process 0 writes it
-    if export_a and is_main():
-        export_run(ps_dir, model_dir, overwrite=True, log=log)
-    barrier("ps+dfs: PS model written")
-    dfs_dir = Path(dfs_cfg.output_dir)
-    results = evolve_config(dfs_cfg, resume=resume and (dfs_dir / "config.yml").is_file(),
-                            **kwargs)
-    results = {**results, "ps": json.loads((ps_dir / "results.json").read_text())["best"]}
-    if is_main():
-        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    return results
