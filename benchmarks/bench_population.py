@@ -106,7 +106,7 @@ def mergekit_candidate(search, genome, key, tokens, out: Path) -> float:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    from evomerge_jax.evolve.export import recipe_yaml
+    from evomerge_jax.ps.export import recipe_yaml
 
     text = recipe_yaml(search, genome)
     run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), str(out),
@@ -134,8 +134,8 @@ def main():
     import torch
 
     from evomerge_jax.evolve.evaluate import Evaluator, population_pass
-    from evomerge_jax.evolve.population import candidate_keys
-    from evomerge_jax.evolve.run import prepare
+    from evomerge_jax.parallel.seeds import candidate_keys
+    from evomerge_jax.searches.run import prepare
 
     torch.set_num_threads(2)
     root = Path(tempfile.mkdtemp(prefix="bench_population_"))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evomerge_jax.evolve.xla_options import merge_jit
+from evomerge_jax.parallel.xla_options import merge_jit
 from evomerge_jax.merge.methods import merge_tensor
 
 PARAMS = {"task_arithmetic": {"weight": (1.0, 0.5)},

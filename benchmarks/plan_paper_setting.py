@@ -93,8 +93,8 @@ def paper_config(root: Path, population: int, batch_size: int | None = None) -> 
 
 def rows(root: Path, population: int, seq_len: int, batch_size: int | None):
     from evomerge_jax.evolve.config import load_config
-    from evomerge_jax.evolve.memory_model import GiB
-    from evomerge_jax.evolve.memory_plan import plan_memory
+    from evomerge_jax.parallel.memory_model import GiB
+    from evomerge_jax.searches.plan import plan_memory
 
     cfg = load_config(paper_config(root, population, batch_size))
     for label, devices, memory, mesh in LAYOUTS:

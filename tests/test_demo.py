@@ -61,7 +61,7 @@ def test_demo_quick_end_to_end(tmp_path):
         model.config.num_hidden_layers, sum(p.numel() for p in model.parameters()))
 
     # the merged rows' scores equal a re-evaluation of their exported dirs
-    from evomerge_jax.evolve.run import eval_model
+    from evomerge_jax.searches.run import eval_model
 
     merged = [r for r in results["rows"] if r["kind"] in ("ps", "dfs", "ps+dfs")]
     assert any(r["kind"] == "ps" for r in merged)

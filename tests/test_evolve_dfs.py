@@ -21,8 +21,8 @@ from evomerge_jax.checkpoint import load
 from evomerge_jax.dfs import known_path_target, path_spec_for, stack_sources, save_path_model
 from evomerge_jax.evolve.config import load_config
 from evomerge_jax.evolve.evaluate import Evaluator
-from evomerge_jax.evolve.run import eval_model, evolve, export_run, prepare
-from evomerge_jax.evolve.population import candidate_keys
+from evomerge_jax.searches.run import eval_model, evolve, export_run, prepare
+from evomerge_jax.parallel.seeds import candidate_keys
 from tiny_models import make_model
 
 TARGET_SLOTS = (0, 4, 5, 14)  # A0 (fixed start), B1, B2 (first repetition), A2 (fixed end)

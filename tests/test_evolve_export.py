@@ -6,8 +6,8 @@ import numpy as np
 
 from evolve_world import echo_task, write_config
 from evomerge_jax.evolve.config import load_config
-from evomerge_jax.evolve.export import recipe_yaml
-from evomerge_jax.evolve.ps import PSSearch, check_models
+from evomerge_jax.ps.export import recipe_yaml
+from evomerge_jax.ps.search import PSSearch, check_models
 from merge_models import start_mergekit, tensors
 
 CASES = {

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from evomerge_jax.evolve.genome import GenomeLayout, clip
+from evomerge_jax.ps.genome import GenomeLayout, clip
 
 
 def layout(**kw):

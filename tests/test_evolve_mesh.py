@@ -17,8 +17,8 @@ import pytest
 from evolve_world import ppl_task, echo_task, write_config
 from evomerge_jax.errors import ConfigError
 from evomerge_jax.evolve.config import MeshSection, load_config
-from evomerge_jax.evolve.mesh import mesh_sizes, split_axis
-from evomerge_jax.evolve.run import prepare
+from evomerge_jax.parallel.mesh import mesh_sizes, split_axis
+from evomerge_jax.searches.run import prepare
 from tiny_models import make_config
 
 MESHES = ((8, 1), (4, 2), (2, 4), (1, 8))
@@ -29,9 +29,9 @@ import numpy as np, jax
 from jax.sharding import PartitionSpec as P
 from evomerge_jax.evolve.config import load_config
 from evomerge_jax.evolve.evaluate import Evaluator
-from evomerge_jax.evolve.mesh import MODEL, device_bytes, make_mesh
-from evomerge_jax.evolve.population import candidate_keys
-from evomerge_jax.evolve.run import prepare
+from evomerge_jax.parallel.mesh import MODEL, device_bytes, make_mesh
+from evomerge_jax.parallel.seeds import candidate_keys
+from evomerge_jax.searches.run import prepare
 from evomerge_jax.dfs.export import fold_path
 from evomerge_jax.dfs.path import decode_path
 assert jax.device_count() == 8

@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from evolve_world import continuation_files, write_config
-from evomerge_jax.evolve.run import evolve
+from evomerge_jax.searches.run import evolve
 from tiny_models import make_model
 
 TRUE_WEIGHTS = (0.3, 0.7)

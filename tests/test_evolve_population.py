@@ -13,9 +13,9 @@ import pytest
 from evolve_world import POPULATION, standard_config
 from evomerge_jax.evolve.config import load_config
 from evomerge_jax.evolve.evaluate import Evaluator
-from evomerge_jax.evolve.genome import make_layout
-from evomerge_jax.evolve.population import candidate_keys
-from evomerge_jax.evolve.run import prepare, score_model
+from evomerge_jax.ps.genome import make_layout
+from evomerge_jax.parallel.seeds import candidate_keys
+from evomerge_jax.searches.run import prepare, score_model
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +90,9 @@ import json, sys
 import numpy as np, jax
 from evomerge_jax.evolve.config import load_config
 from evomerge_jax.evolve.evaluate import Evaluator
-from evomerge_jax.evolve.genome import make_layout
-from evomerge_jax.evolve.population import candidate_keys
-from evomerge_jax.evolve.run import prepare
+from evomerge_jax.ps.genome import make_layout
+from evomerge_jax.parallel.seeds import candidate_keys
+from evomerge_jax.searches.run import prepare
 assert jax.device_count() == 8
 search, tasks, tokenizer, _ = prepare(load_config(sys.argv[1]))
 search.load()

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evomerge_jax.evolve.prng import reference_bits, wrap
+from evomerge_jax.parallel.prng import reference_bits, wrap
 
 
 def test_bits_equal_the_numpy_definition():

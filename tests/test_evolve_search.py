@@ -10,9 +10,9 @@ import yaml
 
 from evolve_world import POPULATION, standard_config
 from evomerge_jax.cli import main
-from evomerge_jax.evolve import run as run_module
+from evomerge_jax.searches import run as run_module
 from evomerge_jax.evolve.evaluate import Evaluator
-from evomerge_jax.evolve.run import evolve
+from evomerge_jax.searches.run import evolve
 from evomerge_jax.evolve.strategy import losses
 
 GENERATIONS = 3

@@ -18,7 +18,7 @@ import yaml
 
 from evomerge_jax.cli import main
 from evomerge_jax.evolve.config import load_config
-from evomerge_jax.evolve.memory_plan import plan_memory
+from evomerge_jax.searches.plan import plan_memory
 from evomerge_jax.tokenizer_build import build_word_tokenizer
 
 _BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "plan_paper_setting.py"
@@ -76,8 +76,8 @@ def test_plan_matches_the_compiled_pass(world):
     which is what the plan promises; process RSS would add the Python heap, the compiler and
     host copies of the checkpoints). The weights line is exact; the peak within 25%."""
     from evomerge_jax.evolve.evaluate import Evaluator, population_pass
-    from evomerge_jax.evolve.population import candidate_keys
-    from evomerge_jax.evolve.run import prepare
+    from evomerge_jax.parallel.seeds import candidate_keys
+    from evomerge_jax.searches.run import prepare
 
     cfg = load_config(world)
     plan = plan_memory(cfg, 1, "1GiB", "1x1")

@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from evolve_world import echo_task, ppl_task, write_config
-from evomerge_jax.evolve.run import evolve
+from evomerge_jax.searches.run import evolve
 
 TIMEOUT_S = 300
 

@@ -1,0 +1,115 @@
+"""The extension points' registries, parametrised so that a new entry is tested by adding it:
+searches (searches/registry.py), task types (evolve/task_types.py), sparsifiers
+(merge/sparsify.py) and the per-tensor table (arch.py)."""
+
+from __future__ import annotations
+
+import typing
+
+import jax
+import numpy as np
+import pytest
+
+from evolve_world import echo_task, write_config
+from evomerge_jax.arch import GLOBAL_TENSORS, LAYER_TENSORS
+from evomerge_jax.errors import ConfigError, MergeError
+from evomerge_jax.evolve.config import EvolveConfig, TaskSection, load_config
+from evomerge_jax.evolve.task_types import TASK_TYPES
+from evomerge_jax.merge.sparsify import SPARSIFIERS, magnitude_table, sparsify
+from evomerge_jax.searches.registry import SEARCHES
+from evomerge_jax.searches.run import prepare
+
+
+# ---- searches ---------------------------------------------------------------------------------
+
+def test_every_config_search_has_an_entry():
+    names = typing.get_args(EvolveConfig.model_fields["search"].annotation)
+    assert set(names) == set(SEARCHES)
+    for name, entry in SEARCHES.items():
+        assert entry.name == name
+        # one stage: prepare + a search for export; several: a runner and its final stage
+        assert (entry.run is None) == (entry.search_for is not None)
+        assert entry.result_stage is None or entry.result_stage in SEARCHES
+
+
+@pytest.mark.parametrize("name", list(SEARCHES))
+def test_prepare_checks_without_reading_weights(name, evolve_world, tmp_path):
+    sections = {"search": name}
+    if name == "dfs":
+        sections["dfs"] = {"repeats": 1}
+    cfg = load_config(write_config(tmp_path / "c.yml", evolve_world, [echo_task(evolve_world)],
+                                   **sections))
+    prepared = prepare(cfg, log=lambda *_: None)
+    stages = prepared if SEARCHES[name].run is not None else (prepared,)
+    for search, tasks, _tokenizer, strategy in stages:
+        assert search.weights is None  # nothing loaded yet
+        assert search.num_dims > 0 and strategy.algo.population_size == 6
+        assert [t.name for t in tasks] == ["echo"]
+
+
+# ---- task types -------------------------------------------------------------------------------
+
+def test_task_type_keys_are_config_fields():
+    fields = set(TaskSection.model_fields)
+    for kind in TASK_TYPES.values():
+        assert kind.keys <= fields, kind.name
+
+
+@pytest.mark.parametrize("name", list(TASK_TYPES))
+def test_a_key_of_another_type_is_refused(name):
+    files = {"fitness": "f", "validation": "v", "test": "t"}
+    own = {"target": "{t}"} if TASK_TYPES[name].needs_target else {}
+    TaskSection(name="x", type=name, data=files, prompt="{p}", **own)
+    foreign = sorted(set().union(*(k.keys for k in TASK_TYPES.values())) - TASK_TYPES[name].keys)
+    for key in foreign:
+        value = {"append_eos": False, "max_new_tokens": 3, "stop": ["."], "compare": "string",
+                 "metric": "acc_norm"}.get(key, "z")
+        with pytest.raises(ValueError, match="do not apply"):
+            TaskSection(name="x", type=name, data=files, prompt="{p}", **own, **{key: value})
+
+
+def test_unknown_task_type_names_the_choices():
+    with pytest.raises(ValueError, match="unknown type 'rouge'.*exact_match"):
+        TaskSection(name="x", type="rouge", data={"fitness": "f", "validation": "v", "test": "t"},
+                    prompt="{p}")
+
+
+# ---- sparsifiers ------------------------------------------------------------------------------
+
+DELTA = jax.random.normal(jax.random.key(0), (16, 24))
+
+
+@pytest.mark.parametrize("name", list(SPARSIFIERS))
+def test_sparsifier_properties_match_behaviour(name):
+    entry = SPARSIFIERS[name]
+    key = jax.random.key(1)
+    if entry.random:
+        with pytest.raises(MergeError, match="random"):
+            sparsify(DELTA, 0.5, name)
+    base = np.asarray(sparsify(DELTA, 0.5, name, key=key))
+    if entry.uses_table:  # the table is a shortcut: the same mask with or without it
+        np.testing.assert_array_equal(
+            np.asarray(sparsify(DELTA, 0.5, name, key=key, table=magnitude_table(DELTA))), base)
+    # a parameter changes the result exactly when the sparsifier reads it
+    for param, other in (("gamma", 0.2), ("epsilon", 0.3)):
+        changed = np.asarray(sparsify(DELTA, 0.5, name, key=key, **{param: other}))
+        assert (param in entry.reads) == (not np.array_equal(changed, base)), (name, param)
+
+
+# ---- the per-tensor table ---------------------------------------------------------------------
+
+def test_tensor_table_is_complete_and_consistent():
+    for short, info in LAYER_TENSORS.items():
+        assert info.side in ("attn", "mlp"), short
+        assert info.fold in (None, "divide", "sign"), short
+        # a tensor written into the residual stream is an output projection (or its bias)
+        assert (info.fold == "divide") == short.startswith(("o_", "down_")), short
+    assert set(GLOBAL_TENSORS) == {"embed", "final_norm", "lm_head"}
+    assert all(info.side is None for info in GLOBAL_TENSORS.values())
+
+
+def test_bad_search_name_is_one_config_error(tmp_path):
+    (tmp_path / "c.yml").write_text("search: nope\nbase_model: a\nmodels: [b]\ntasks: []\n"
+                                    "output_dir: run\n")
+    with pytest.raises(ConfigError, match="search"):
+        load_config(tmp_path / "c.yml")
