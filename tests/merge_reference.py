@@ -1,4 +1,4 @@
-"""Float64 numpy reference of every deterministic merge method, written from MERGE_SEMANTICS.md.
+"""Float64 numpy reference of every deterministic merge method, from docs/merge_semantics.md.
 
 Independent of evomerge_jax.merge on purpose: plain loops and full sorts (argsort top-k, ascending
 breadcrumb bands) instead of the threshold tables, Python floats for int(d·n), a while loop for the
@@ -223,7 +223,7 @@ def passthrough(base, sources, params, options):
     return sources[0] * params.get("scale", 1.0)
 
 
-TASK_VECTOR = {  # name -> (consensus, sparsifier, normalize, rescale), the MERGE_SEMANTICS table
+TASK_VECTOR = {  # name -> (consensus, sparsifier, normalize, rescale), merge_semantics.md §2
     "task_arithmetic": (None, None, False, False), "ties": ("sum", "magnitude", True, False),
     "dare_ties": ("sum", "random", False, True), "dare_linear": (None, "random", False, True),
     "breadcrumbs": (None, "magnitude_outliers", False, False),

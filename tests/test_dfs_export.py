@@ -1,5 +1,5 @@
 """A DFS path exported as a plain HF checkpoint, run by transformers' PyTorch model, against the
-JAX path forward; the written files; and the norm-epsilon bound of the fold (DESIGN.md section 4).
+JAX path forward; the written files; and the norm-epsilon bound of the fold (docs/design.md §4).
 
 The bound. The path normalises c·g with eps where the export normalises g with eps, so each of the
 export's norms returns the path's normalised vector times a per-token factor 1 + δ with

@@ -104,7 +104,15 @@ def test_non_finite_fitness_ranks_last_and_the_run_goes_on(evolve_world, tmp_pat
     lines = _log(tmp_path / "run")
     assert [x["non_finite"] for x in lines] == [1, 1]
     assert any("non-finite fitness ranked last" in m for m in messages)
-    assert results["best"]["generation"] in (0, 1)
+    # The poisoned candidate ranks last, so it is never a generation's best; the run's best is
+    # the generation whose best scored highest on validation (the first one on a tie: only a
+    # strictly higher score replaces the best so far).
+    assert all(x["generation_best"]["candidate"] != 1 for x in lines)
+    validation = [x["generation_best"]["validation"] for x in lines]
+    winner = validation.index(max(validation))
+    assert results["best"]["generation"] == winner
+    assert results["best"]["candidate"] == lines[winner]["generation_best"]["candidate"]
+    assert results["best"]["validation_score"] == validation[winner]
 
 
 def test_export_and_eval_commands(uninterrupted, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,6 +116,14 @@ def _data_bytes(file: Path) -> int:
         return file.stat().st_size - 8 - int.from_bytes(f.read(8), "little")
 
 
+def _header(file: Path) -> dict:
+    """A safetensors file's JSON header: tensor name -> {dtype, shape, data_offsets}."""
+    with open(file, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    header.pop("__metadata__", None)
+    return header
+
+
 def _refusal(capsys, *args) -> str:
     capsys.readouterr()
     assert main(["plan", *args]) == 2
@@ -129,9 +138,17 @@ def test_refusal_names_what_to_change(world, capsys):
     assert "ps does not fit on mesh 1x1: 1 candidate(s) per device need" in err, err
     for fix in ("a model axis of 2 (--mesh 1x2: 2 devices", "compute.dtype: bfloat16"):
         assert fix in err, err
-    # Below the weights alone.
+    # Below the weights alone. The expected sizes come from the files: the weights are the three
+    # safetensors data regions; a device also holds the K = 2 float32 task vectors of the layer
+    # being merged (one layer's elements, read from a header); the device has 40 MB (decimal).
+    cfg = load_config(world)
+    weights = sum(_data_bytes(Path(p) / "model.safetensors") for p in (cfg.base_model, *cfg.models))
+    header = _header(Path(cfg.base_model) / "model.safetensors")
+    layer = sum(math.prod(v["shape"]) for k, v in header.items() if k.startswith("model.layers.0."))
+    mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
     err = _refusal(capsys, str(world), "--device-memory", "40MB")
-    assert "the weights (44.9 MiB) need" in err and "more than its 38.1 MiB" in err, err
+    assert (f"the weights ({mib(weights)}) need {mib(weights + 2 * 4 * layer)} per device, more "
+            f"than its {mib(40 * 10**6)}") in err, err
     assert "a model axis of 2" in err, err
     # A mesh that is not the device count.
     assert "pop 4 x model 1 = 4 devices" in _refusal(capsys, str(world), "--devices", "2",

@@ -67,9 +67,17 @@ def test_example_config_loads(path, example_models, monkeypatch):
 
 # ---- parameter values and precedence ----------------------------------------------------------
 
-def test_gradient_is_piecewise_linear_over_even_anchors():
-    g = Gradient((0.0, 0.5, 0.3, 0.7, 1.0))  # anchors at t = 0, .25, .5, .75, 1
-    assert [g.at(t) for t in (0.0, 0.25, 0.375, 0.6, 1.0)] == pytest.approx([0, 0.5, 0.4, 0.46, 1])
+def _interp(anchors, t):
+    """The oracle of mergekit's gradient (a list-valued parameter): piecewise-linear over anchors
+    spaced evenly on [0, 1], i.e. `np.interp` at those anchor positions."""
+    return float(np.interp(t, np.linspace(0.0, 1.0, len(anchors)), anchors))
+
+
+@pytest.mark.parametrize("anchors", [(0.0, 0.5, 0.3, 0.7, 1.0), (0.2, 0.9), (1.0, -0.5, 0.25)])
+def test_gradient_is_piecewise_linear_over_even_anchors(anchors):
+    g = Gradient(anchors)
+    ts = [0.0, 0.1, 0.25, 0.375, 0.5, 0.6, 0.9, 1.0]
+    assert [g.at(t) for t in ts] == pytest.approx([_interp(anchors, t) for t in ts])
     assert Gradient((0.3,)).at(0.9) == 0.3
 
 
@@ -120,8 +128,12 @@ slices:
         layer_range: [3, 4]
 """)
     q = "self_attn.q_proj.weight"
-    assert [_op(plan, f"model.layers.{i}.{q}").params["weight"] for i in range(4)] == [
-        (0.0, 0.2), (0.5, 0.2), (1.0, 0.2), (0.6, 0.1)]
+    # a's gradients, at t = j / (n - 1) of an n-layer slice, and t = 1 for the one-layer slice
+    expected = [(_interp((0.0, 1.0), j / 2), 0.2) for j in range(3)]
+    expected.append((_interp((0.4, 0.6), 1.0), 0.1))
+    got = [_op(plan, f"model.layers.{i}.{q}").params["weight"] for i in range(4)]
+    assert [w for w, _ in got] == pytest.approx([w for w, _ in expected])
+    assert [w for _, w in got] == [w for _, w in expected]
     # layer 0 reads a's layer 1: the per-source filter sees the source name.
     assert _op(plan, f"model.layers.0.{q}").params["density"] == (0.9, 1.0)
     assert "density" not in _op(plan, f"model.layers.1.{q}").params  # the default, from the registry
@@ -129,7 +141,9 @@ slices:
     assert _op(plan, f"model.layers.1.{q}").params["lambda"] == 0.3
     assert "lambda" not in _op(plan, f"model.layers.0.{q}").params
     embed, head = _op(plan, "model.embed_tokens.weight"), _op(plan, "lm_head.weight")
-    assert embed.params["weight"] == (0.0, 0.2) and head.params["weight"] == (0.4, 0.1)
+    # embed from the first slice, lm_head from the last, both at t = 0
+    assert embed.params["weight"] == pytest.approx((_interp((0.0, 1.0), 0.0), 0.2))
+    assert head.params["weight"] == pytest.approx((_interp((0.4, 0.6), 0.0), 0.1))
     assert _op(plan, f"model.layers.0.{q}").sources[0].tensor == f"model.layers.1.{q}"
     assert _op(plan, f"model.layers.0.{q}").base.model == Path(models["base"]).resolve()
 

@@ -21,7 +21,7 @@ def _delta(shape=(37, 53), seed=0):
 
 
 def _count(density, n):
-    """MERGE_SEMANTICS: k = int(d·n); d <= 0 keeps nothing, else k >= 1."""
+    """docs/merge_semantics.md §2: k = int(d·n); d <= 0 keeps nothing, else k >= 1."""
     return 0 if density <= 0 else min(max(int(density * n), 1), n)
 
 

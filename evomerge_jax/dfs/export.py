@@ -1,4 +1,4 @@
-"""Export a DFS path as an ordinary checkpoint of model A's architecture (DESIGN.md section 4).
+"""Export a DFS path as an ordinary checkpoint of model A's architecture (docs/design.md §4).
 
 RMSNorm is scale-invariant up to its epsilon: rms_norm(c·x) = sign(c)·rms_norm(x). Along a path
 whose step k applies layer ℓ_k to s_k·h, write c_k = s_1·…·s_k (c_0 = 1) and g_k = h_k / c_k. Then

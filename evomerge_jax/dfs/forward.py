@@ -1,7 +1,7 @@
 """DFS forward passes over a source stack (see `stack.py`): P candidate paths in one compiled scan
 over the slots, and one path over only its used layers.
 
-Why one scan over slots serves the whole population (DESIGN.md section 3, idea 5): slot t always
+Why one scan over slots serves the whole population (docs/design.md §2.2): slot t always
 holds the same layer, so its weights are shared by every candidate; candidates differ only in
 whether they use the slot and with what scale. Each slot is applied to all P hidden states at once
 ([P, B, S, D], one weight set) and a candidate that skips the slot keeps its old state (jnp.where);

@@ -58,7 +58,7 @@ class LayerPath:
 
     def cumulative_scales(self) -> np.ndarray:
         """c_k = s_1·…·s_k in float64: the factor between the path's residual stream and that of
-        the exported plain model (DESIGN.md section 4)."""
+        the exported plain model (docs/design.md §4)."""
         return np.cumprod(np.asarray(self.scales, np.float64))
 
     def step_sources(self) -> list[tuple[str, int]]:

@@ -1,7 +1,7 @@
 """Task metrics: the device kernels that score one batch for every candidate of a population model,
 and the host side that turns their outputs into accumulators (summed over batches) and metrics.
 
-Exact match without decoding (DESIGN.md section 3, idea 4): greedy decoding reproduces the target
+Exact match without decoding (docs/design.md §1): greedy decoding reproduces the target
 exactly when, with the target fed in, the argmax at every target position (the end token included)
 is the next target token. One teacher-forced forward gives that, and the summed log-likelihood
 (choice, perplexity) from the same logits.

@@ -1,4 +1,4 @@
-"""Pure-JAX merge methods compatible with mergekit 0.1.5 (rules: docs MERGE_SEMANTICS.md)."""
+"""Pure-JAX merge methods compatible with mergekit 0.1.5 (rules: docs/merge_semantics.md)."""
 
 from evomerge_jax.merge.methods import (
     METHOD_NAMES,

@@ -1,5 +1,5 @@
 """The mergekit merge YAML as typed, frozen pydantic models (unknown keys rejected), and the
-parameter values it may hold (MERGE_SEMANTICS.md, "Config semantics"). `plan.py` checks a parsed
+parameter values it may hold (docs/merge_semantics.md §5). `plan.py` checks a parsed
 config against its models and expands it into one operation per output tensor.
 
 Parameter values, as mergekit 0.1.5 evaluates them (checked against its outputs):

@@ -1,5 +1,5 @@
-"""Methods whose mixing weights are computed from the tensors themselves (MERGE_SEMANTICS
-"Others"): model_stock, sce, nearswap, arcee_fusion, ram, ramplus_tl.
+"""Methods whose mixing weights are computed from the tensors themselves (docs/merge_semantics.md
+§4): model_stock, sce, nearswap, arcee_fusion, ram, ramplus_tl.
 
 Every function takes (base, sources_k [K, ...], params, key=None, **options) and returns [...];
 all need the base model B. δ_k = X_k − B.

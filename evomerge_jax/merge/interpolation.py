@@ -1,4 +1,4 @@
-"""The interpolation family (MERGE_SEMANTICS "Interpolation family"): linear, slerp, nuslerp,
+"""The interpolation family (docs/merge_semantics.md §3): linear, slerp, nuslerp,
 multislerp, karcher, and passthrough (one input, scaled).
 
 linear is model soups (Wortsman et al. 2022, arXiv:2203.05482); slerp is Shoemake's spherical
@@ -31,7 +31,7 @@ def linear(base, sources_k, params, key=None):
 
 
 def _slerp_vectors(t, v0, v1):
-    """Shoemake slerp of two flattened vectors, lerp when nearly parallel (MERGE_SEMANTICS)."""
+    """Shoemake slerp of two flat vectors, lerp when nearly parallel (merge_semantics.md §3)."""
     def unit(v):
         length = norm(v)
         return jnp.where(length > SLERP_NORM_EPS, v / jnp.where(length > 0, length, 1.0), v)

@@ -18,7 +18,7 @@ import numpy as np
 
 
 def compute_dtype(*arrays) -> jnp.dtype:
-    """float64 when any input is float64 (MERGE_SEMANTICS: "float64 if inputs are float64"), else
+    """float64 when any input is float64 (docs/merge_semantics.md §1), else
     float32: half precision inputs are upcast so the merge arithmetic never runs in bf16/fp16."""
     dtypes = (a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype for a in arrays if a is not None)
     canonical = (jax.dtypes.canonicalize_dtype(dtype) for dtype in dtypes)
@@ -55,7 +55,7 @@ def as_rows(x: jax.Array) -> jax.Array:
 
 
 def sign_agreement(values_k: jax.Array) -> jax.Array:
-    """TIES sign election with the `sum` consensus (MERGE_SEMANTICS task-vector step 4).
+    """TIES sign election with the `sum` consensus (docs/merge_semantics.md §2, step 4).
 
     s = sign(sum_k values), a zero sum counting as +1; the mask is sign(values_k) == s, so exact
     zeros (pruned elements) never agree. values_k: [K, ...] -> bool [K, ...].

@@ -1,4 +1,4 @@
-"""Sparsifiers of one task vector δ = X − B (MERGE_SEMANTICS, task-vector family, step 2).
+"""Sparsifiers of one task vector δ = X − B (docs/merge_semantics.md §2, step 2).
 
 - magnitude: keep the k = int(d·n) largest |δ| (TIES, Yadav et al. 2023, arXiv:2306.01708, §3 "Trim").
 - random: keep each element with probability d (DARE, Yu et al. 2023, arXiv:2311.03099, Eq. 2).
@@ -7,11 +7,12 @@
 - della_magprune: per row, keep probability rising linearly with the magnitude rank from d − ε to
   d + ε (DELLA-Merging, Deep et al. 2024, arXiv:2406.11617, §3.1 "MagPrune").
 
-Fast trimming (DESIGN §3.2): the magnitude and breadcrumbs masks are a compare against thresholds
-gathered from `magnitude_table(δ)`, the sorted magnitudes computed once per source tensor, so any
-number of candidate densities costs one sort. The magnitude mask keeps exactly k elements, like a
-full top-k; where several elements share the threshold magnitude it keeps the first ones in flat
-order, while torch's top-k (mergekit) picks an unspecified subset, so single elements may differ.
+Fast trimming (docs/design.md §2.1): the magnitude and breadcrumbs masks are a compare against
+thresholds gathered from `magnitude_table(δ)`, the sorted magnitudes computed once per source
+tensor, so any number of candidate densities costs one sort. The magnitude mask keeps exactly k
+elements, like a full top-k; where several elements share the threshold magnitude it keeps the first
+ones in flat order, while torch's top-k (mergekit) picks an unspecified subset, so single elements
+may differ.
 The breadcrumbs band keeps every element tied at its two thresholds.
 
 Densities may be traced scalars (jit/vmap over a population). int(d·n) is evaluated in the
@@ -52,13 +53,13 @@ SPARSIFIERS: dict[str, Sparsifier] = {s.name: s for s in (
     Sparsifier("della_magprune", random=True, uses_table=False, reads=("density", "epsilon")),
 )}
 RESCALE_RULES = ("l1", "inverse_density")
-# mergekit skips the L1 rescale when either norm is below this (MERGE_SEMANTICS step 2, rescale).
+# mergekit skips the L1 rescale when either norm is below this (merge_semantics.md §2, step 2).
 L1_RESCALE_FLOOR = 1e-7
 
 
 def keep_count(fraction, n: int) -> jax.Array:
-    """floor(fraction · n) as int32, the `int(d·n)` of MERGE_SEMANTICS, clipped to [0, n], with
-    the product in the precision of `fraction` (see the module docstring)."""
+    """floor(fraction · n) as int32, the `int(d·n)` of docs/merge_semantics.md §2, clipped to
+    [0, n], with the product in the precision of `fraction` (see the module docstring)."""
     value = concrete_or_none(fraction)
     if value is not None:
         if not np.issubdtype(value.dtype, np.floating):
@@ -128,7 +129,7 @@ def random_mask(delta: jax.Array, density, key: jax.Array) -> jax.Array:
 
 def della_probabilities(delta: jax.Array, density, epsilon) -> jax.Array:
     """DELLA MagPrune keep probabilities: per row, rank |δ| ascending, r = rank / (C − 1) (the
-    (rank − min)/(max − min) of MERGE_SEMANTICS), p = (d − ε) + 2ε·r. Shaped like `delta`."""
+    (rank − min)/(max − min) of merge_semantics.md §2), p = (d − ε) + 2ε·r. Shaped like `delta`."""
     rows_rc = as_rows(jnp.abs(delta))
     ranks_rc = jnp.argsort(jnp.argsort(rows_rc, axis=-1), axis=-1).astype(delta.dtype)
     width = rows_rc.shape[-1] - 1

@@ -1,6 +1,6 @@
 """The task-vector family: one function with pluggable sparsify and consensus steps, and presets.
 
-Implements steps 1–6 of MERGE_SEMANTICS "Task-vector family":
+Implements steps 1–6 of docs/merge_semantics.md §2:
 task arithmetic (Ilharco et al. 2023, arXiv:2212.04089), TIES (Yadav et al. 2023,
 arXiv:2306.01708), DARE (Yu et al. 2023, arXiv:2311.03099), Model Breadcrumbs (Davari &
 Belilovsky 2023, arXiv:2312.06795) and DELLA (Deep et al. 2024, arXiv:2406.11617) differ only in
@@ -24,7 +24,7 @@ DIVISOR_FLOOR = 1e-8
 
 @dataclass(frozen=True)
 class TaskVectorPreset:
-    """One row of the MERGE_SEMANTICS task-vector table."""
+    """One row of the task-vector table (docs/merge_semantics.md §2)."""
 
     consensus: str | None  # "sum" or None
     sparsifier: str | None  # a name from sparsify.SPARSIFIERS or None

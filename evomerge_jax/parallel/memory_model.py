@@ -4,7 +4,7 @@ Every byte formula of the engine lives here: `PSModel.memory`, `DFSModel.memory`
 `Evaluator._plan` call these functions, and `evomerge plan` (memory_plan.py) applies them to a
 config without loading any weight.
 
-What a device holds during the pass (DESIGN.md section 3, idea 1):
+What a device holds during the pass (docs/design.md §2.3):
 
     resident     the base and K sources in the forward dtype, and for the magnitude sparsifiers
                  (TIES, breadcrumbs) their sorted |task vector| tables in float32; a mesh `model`

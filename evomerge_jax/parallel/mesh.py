@@ -1,5 +1,4 @@
-"""The device mesh of the population pass and where the weights lie on it (DESIGN.md section 3,
-idea 6).
+"""The device mesh of the population pass and where the weights lie on it (docs/design.md §5).
 
 Two axes. `pop` splits the population: each row of the mesh scores its own share of the
 candidates. `model` splits the weight tensors the way tensor parallelism does (Megatron-LM,

@@ -1,5 +1,5 @@
 """The PS population pass: P candidate merges scored in one compiled function, merging inside the
-layer scan (DESIGN.md section 3, idea 1) so that no merged model is ever built.
+layer scan (docs/design.md §2.1) so that no merged model is ever built.
 
 `PSModel` is a *population model*: the interface the tasks score through, which a DFS model
 implements the same way (routing layers instead of merging them):

@@ -4,8 +4,8 @@ assembled from an `EvolveConfig` into a `Search` (the protocol in `evolve/loop.p
 Source weights are stacked once: global tensors [K, ...] and per-layer tensors [L, K, ...]
 (layers first, then sources, then the tensor's own axes), read straight onto the device mesh
 (mesh.py: each process reads only the blocks its devices hold). For the magnitude sparsifiers (TIES,
-breadcrumbs) the sorted-magnitude table of every task vector is precomputed too (DESIGN.md
-section 3, idea 2), so a candidate's trim is a lookup and a compare.
+breadcrumbs) the sorted-magnitude table of every task vector is precomputed too
+(docs/design.md §2.1), so a candidate's trim is a lookup and a compare.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ class Recipe:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# What DEMO_WORLD.md found to work: skills latent in a base that saw them as plain text, brief
+# What worked (docs/demo_world.md §6): skills latent in a base that saw them as plain text, brief
 # fine-tunes at a small learning rate, so that the task vectors stay small and close to linear.
 PRETRAIN_MIX = (("l1_facts", 0.15), ("l2_facts", 0.10), ("l1_stories", 0.20), ("l2_stories", 0.10),
                 ("parallel", 0.13), ("qa_l1", 0.12), ("qa_l2_to_l1", 0.12), ("code_switch", 0.08))

@@ -1,4 +1,5 @@
-"""The gates of DEMO_WORLD.md, measured when the zoo is built, reported beside the demo's results.
+"""The gates of docs/demo_world.md §5, measured when the zoo is built, reported beside the demo's
+results.
 
 1. Linearity: base + 0.5 x a specialist's task vector keeps most of that specialist's skill
    (merges scale task vectors, so a threshold-like vector is hard to merge).

@@ -1,6 +1,6 @@
 """The zoo's gate measurements: greedy exact match by teacher forcing, and probe merges.
 
-Exact match (DESIGN.md §3.4): greedy decoding reproduces the target exactly when, with the target
+Exact match (docs/design.md §1): greedy decoding reproduces the target exactly when, with the target
 fed in, the argmax at every target position, the end token included, is the next target token. One
 forward pass per batch replaces a decode loop.
 

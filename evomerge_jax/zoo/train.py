@@ -2,7 +2,7 @@
 
 The trained parameters are a small "core" pytree, not the HF layout: every L2 word's embedding is
 its L1 counterpart's plus one learned language vector, in the input embedding and in the LM head
-alike. DEMO_WORLD.md found this tie the only thing that made a skill learned in one language
+alike. docs/demo_world.md §6: this tie was the only thing that made a skill learned in one language
 transfer to the other at this scale. `materialize` expands the core into the engine's layout
 (`arch` docstring), the one a Hugging Face Llama dir holds, so the tie lives only in training:
 merges and the search see ordinary, untied matrices.
