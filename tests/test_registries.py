@@ -13,7 +13,7 @@ import pytest
 from evolve_world import echo_task, write_config
 from evomerge_jax.arch import GLOBAL_TENSORS, LAYER_TENSORS
 from evomerge_jax.errors import ConfigError, MergeError
-from evomerge_jax.evolve.config import EvolveConfig, TaskSection, load_config
+from evomerge_jax.evolve.config import DFS_STRATEGY, EvolveConfig, TaskSection, load_config
 from evomerge_jax.evolve.task_types import TASK_TYPES
 from evomerge_jax.merge.sparsify import SPARSIFIERS, magnitude_table, sparsify
 from evomerge_jax.searches.registry import SEARCHES
@@ -41,9 +41,11 @@ def test_prepare_checks_without_reading_weights(name, evolve_world, tmp_path):
                                    **sections))
     prepared = prepare(cfg, log=lambda *_: None)
     stages = prepared if SEARCHES[name].run is not None else (prepared,)
-    for search, tasks, _tokenizer, strategy in stages:
-        assert search.weights is None  # nothing loaded yet
-        assert search.num_dims > 0 and strategy.algo.population_size == 6
+    # the config's population; ps+dfs's DFS stage runs under dfs.strategy (default: the paper's)
+    sizes = [6, DFS_STRATEGY.population_size] if name == "ps+dfs" else [6]
+    assert [s.algo.population_size for *_, s in stages] == sizes
+    for search, tasks, _tokenizer, _strategy in stages:
+        assert search.weights is None and search.num_dims > 0  # checked, nothing loaded
         assert [t.name for t in tasks] == ["echo"]
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from ..errors import ConfigError
 from ..merge.task_arithmetic import PRESETS
+from .task_types import TASK_TYPES
 
 # Parameter-space bounds [low, high] used when the config gives none.
 DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.0, 1.0), "gamma": (0.0, 0.5),
@@ -157,18 +158,9 @@ class SplitFiles(_Strict):
     test: Path
 
 
-# Task keys that only some task types read; giving one to another type is an error.
-TYPE_KEYS = {
-    "exact_match": {"target", "append_eos"},
-    "generate": {"target", "max_new_tokens", "stop", "answer_regex", "compare"},
-    "choice": {"choices", "label", "metric"},
-    "perplexity": {"target"},
-}
-
-
 class TaskSection(_Strict):
     name: str
-    type: Literal["exact_match", "generate", "choice", "perplexity"]
+    type: str  # a name in task_types.TASK_TYPES
     data: SplitFiles
     prompt: str
     weight: float = 1.0
@@ -185,12 +177,16 @@ class TaskSection(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
+        kind = TASK_TYPES.get(self.type)
+        if kind is None:
+            raise ValueError(f"task {self.name!r}: unknown type {self.type!r}; choose one of "
+                             f"{', '.join(TASK_TYPES)}")
         common = {"name", "type", "data", "prompt", "weight", "batch_size"}
-        stray = sorted(self.model_fields_set - common - TYPE_KEYS[self.type])
+        stray = sorted(self.model_fields_set - common - kind.keys)
         if stray:
             raise ValueError(f"task {self.name!r}: key(s) {', '.join(stray)} do not apply to type "
-                             f"{self.type!r} (it reads: {', '.join(sorted(TYPE_KEYS[self.type]))})")
-        if self.type in ("exact_match", "generate") and "target" not in self.model_fields_set:
+                             f"{self.type!r} (it reads: {', '.join(sorted(kind.keys))})")
+        if kind.needs_target and "target" not in self.model_fields_set:
             raise ValueError(f"task {self.name!r}: type {self.type!r} needs a target template")
         if self.type == "perplexity" and not (self.target or self.prompt):
             raise ValueError(f"task {self.name!r}: perplexity needs a prompt or target template")

@@ -1,5 +1,6 @@
 """Task metrics: the device kernels that score one batch for every candidate of a population model,
-and the host side that turns their outputs into accumulators (summed over batches) and metrics.
+and the text side of generated answers. The host side per task type (sums and metrics) is in
+`task_types.py`.
 
 Exact match without decoding (docs/design.md §1): greedy decoding reproduces the target
 exactly when, with the target fed in, the argmax at every target position (the end token included)
@@ -9,7 +10,6 @@ is the next target token. One teacher-forced forward gives that, and the summed 
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -82,49 +82,3 @@ def completion_text(tokenizer, ids, eos_ids, stops) -> str:
     for stop in stops:
         text = text.split(stop)[0]
     return text
-
-
-def accumulate(task, outputs, batch: dict, tokenizer, answers=()) -> dict[str, np.ndarray]:
-    """Host side: per-candidate sums [P] of one batch (summed again over batches). `answers`: the
-    split's target texts (generate)."""
-    cfg = task.cfg
-    valid = np.asarray(batch["valid"])
-    if cfg.type == "generate":
-        tokens = np.asarray(outputs)
-        eos_ids = generation_of(task).eos_ids
-        correct = np.zeros(tokens.shape[0])
-        for p in range(tokens.shape[0]):
-            for b in np.flatnonzero(valid):
-                text = completion_text(tokenizer, tokens[p, b], eos_ids, cfg.stop)
-                target = answers[int(batch["index"][b])]
-                numeric = cfg.compare == "numeric"
-                got = extract_answer(text, cfg.answer_regex, numeric)
-                want = extract_answer(target, cfg.answer_regex, numeric)
-                correct[p] += got is not None and (
-                    math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9) if numeric else got == want)
-        return {"correct": correct, "count": np.full(tokens.shape[0], valid.sum(), float)}
-    logp, count, hit = (np.asarray(o, np.float64) for o in outputs)
-    if cfg.type == "choice":
-        row_ok = valid.any(axis=-1)
-        best = np.argmax(np.where(valid, logp, -np.inf), axis=-1)
-        best_norm = np.argmax(np.where(valid, logp / batch["nbytes"], -np.inf), axis=-1)
-        label = batch["label"]
-        return {"correct": ((best == label) & row_ok).sum(-1),
-                "correct_norm": ((best_norm == label) & row_ok).sum(-1),
-                "count": np.full(logp.shape[0], row_ok.sum(), float)}
-    if cfg.type == "exact_match":
-        return {"correct": (hit * valid).sum(-1), "count": np.full(hit.shape[0], valid.sum(), float)}
-    return {"nll": -(logp * valid).sum(-1), "tokens": (count * valid).sum(-1)}
-
-
-def finalize(task_type: str, sums: dict, metric: str = "acc") -> dict[str, np.ndarray]:
-    """Metrics [P] from accumulated sums; `score` is the one that enters the fitness."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if task_type == "perplexity":
-            nll = sums["nll"] / sums["tokens"]
-            return {"nll": nll, "ppl": np.exp(nll), "score": -nll}
-        out = {"acc": sums["correct"] / sums["count"]}
-        if task_type == "choice":
-            out["acc_norm"] = sums["correct_norm"] / sums["count"]
-    out["score"] = out[metric if task_type == "choice" else "acc"]
-    return out

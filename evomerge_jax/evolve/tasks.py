@@ -22,14 +22,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from .config import TaskSection
-from .metrics import extract_answer
+from .task_types import TASK_TYPES, TaskError
 
 SPLITS = ("fitness", "validation", "test")
 _PAD_MULTIPLE = 8  # pad lengths up to a multiple of this: fewer distinct compiled shapes
-
-
-class TaskError(ConfigError):
-    """A task file or template that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +50,11 @@ class TaskData:
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens the pass decodes per row (0: a teacher-forced task)."""
+        return self.cfg.max_new_tokens if TASK_TYPES[self.cfg.type].generates else 0
 
     def fitness_rows(self, seed: int, task_index: int, generation: int) -> np.ndarray:
         """The seeded minibatch of generation `generation`: example indices [batch_size] (all
@@ -106,20 +107,6 @@ def _read_jsonl(path: Path, task: str, split: str) -> list[tuple[dict, int]]:
     return records
 
 
-def _render(template: str, record: dict, where: str) -> str:
-    try:
-        return template.format(**record)
-    except (KeyError, IndexError) as exc:
-        raise TaskError(f"{where}: missing field {exc.args[0]!r} used by the template") from None
-
-
-def _encode(tokenizer, text: str, specials: bool) -> list[int]:
-    """Token ids; an empty prompt still gets the tokenizer's special prefix (BOS)."""
-    if not text and not specials:
-        return []
-    return list(tokenizer(text, add_special_tokens=specials)["input_ids"])
-
-
 def pad_to(length: int) -> int:
     return -(-length // _PAD_MULTIPLE) * _PAD_MULTIPLE
 
@@ -137,86 +124,53 @@ def _teacher_rows(prompts, targets, seq: int, pad: int):
     return {"tokens": tokens, "mask": mask, "labels": labels, "scored": scored}
 
 
-def _split_rows(cfg: TaskSection, records, tokenizer, path: Path, eos_id):
-    """Token lists of one split: (prompts, targets or choice lists, labels, answers, files)."""
-    prompts, targets, labels, answers, files = [], [], [], [], []
-    for record, line in records:
-        where = f"{path}:{line}"
-        prompt = _render(cfg.prompt, record, where)
-        prompts.append(_encode(tokenizer, prompt, True))
-        files.append((str(path), line))
-        if cfg.type == "choice":
-            choices, label = record.get(cfg.choices), record.get(cfg.label)
-            if not isinstance(choices, list) or not choices or not all(
-                    isinstance(c, str) for c in choices):
-                raise TaskError(f"{where}: field {cfg.choices!r} must be a non-empty list of "
-                                "strings")
-            if not isinstance(label, int) or not 0 <= label < len(choices):
-                raise TaskError(f"{where}: field {cfg.label!r} must be an index into "
-                                f"{cfg.choices!r} (0..{len(choices) - 1}), got {label!r}")
-            targets.append([_encode(tokenizer, c, False) for c in choices])
-            labels.append(label)
-            answers.append(choices)
-            continue
-        target = _render(cfg.target, record, where)
-        answers.append(target)
-        tokens = _encode(tokenizer, target, False)
-        if cfg.type == "exact_match" and cfg.append_eos:
-            tokens = tokens + [eos_id]
-        if cfg.type != "generate" and not tokens:
-            raise TaskError(f"{where}: the target renders to no tokens")
-        if cfg.type == "generate":
-            _check_answer(cfg, target, where)
-        targets.append(tokens)
-    return prompts, targets, labels, answers, files
-
-
-def _check_answer(cfg: TaskSection, target: str, where: str) -> None:
-
-    if cfg.compare == "numeric" and extract_answer(target, cfg.answer_regex, numeric=True) is None:
-        raise TaskError(f"{where}: target {target!r} holds no number matching answer_regex "
-                        f"{cfg.answer_regex!r} (use compare: string for text answers)")
+def _split_rows(cfg: TaskSection, records, path: Path, tokenizer, eos_id):
+    """One split's records encoded by the task's type, and where each came from."""
+    kind = TASK_TYPES[cfg.type]
+    encoded = [kind.encode(cfg, record, tokenizer, eos_id, f"{path}:{line}")
+               for record, line in records]
+    return encoded, [(str(path), line) for _, line in records]
 
 
 def load_task(cfg: TaskSection, tokenizer, context: int | None) -> TaskData:
     """Read, render and tokenize the three splits; every problem raises before any compute."""
-    eos_id = tokenizer.eos_token_id
-    if cfg.type == "exact_match" and cfg.append_eos and eos_id is None:
+    kind, eos_id = TASK_TYPES[cfg.type], tokenizer.eos_token_id
+    if "append_eos" in kind.keys and cfg.append_eos and eos_id is None:
         raise TaskError(f"task {cfg.name!r}: the tokenizer has no EOS token; set append_eos: false")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
     raw = {}
     for split in SPLITS:
         path = Path(getattr(cfg.data, split))
-        raw[split] = _split_rows(cfg, _read_jsonl(path, cfg.name, split), tokenizer, path, eos_id)
+        raw[split] = _split_rows(cfg, _read_jsonl(path, cfg.name, split), path, tokenizer, eos_id)
     longest, worst = 0, None
-    for split, (prompts, targets, _, _, files) in raw.items():
-        for p, t, where in zip(prompts, targets, files):
-            extra = (cfg.max_new_tokens if cfg.type == "generate" else
-                     max(map(len, t)) if cfg.type == "choice" else len(t))
-            if len(p) + extra > longest:
-                longest, worst = len(p) + extra, where
-            if not p and cfg.type != "perplexity":
-                raise TaskError(f"{where[0]}:{where[1]}: the prompt renders to no tokens")
+    for encoded, files in raw.values():
+        for e, where in zip(encoded, files):
+            extra = (cfg.max_new_tokens if kind.generates else
+                     max(map(len, e.target)) if kind.per_choice else len(e.target))
+            if len(e.prompt) + extra > longest:
+                longest, worst = len(e.prompt) + extra, where
     if context is not None and longest > context:
-        what = "prompt + max_new_tokens" if cfg.type == "generate" else "prompt + target"
+        what = "prompt + max_new_tokens" if kind.generates else "prompt + target"
         raise TaskError(f"{worst[0]}:{worst[1]}: {what} take {longest} tokens, more than the "
                         f"model's context of {context} (task {cfg.name!r})")
     seq = pad_to(longest)
-    splits = {split: _arrays(cfg, rows, seq, pad) for split, rows in raw.items()}
+    splits = {split: _arrays(kind, cfg, rows, seq, pad) for split, rows in raw.items()}
     return TaskData(cfg, splits, seq, eos_id, pad)
 
 
-def _arrays(cfg: TaskSection, rows, seq: int, pad: int) -> SplitData:
-    prompts, targets, labels, answers, files = rows
+def _arrays(kind, cfg: TaskSection, rows, seq: int, pad: int) -> SplitData:
+    encoded, files = rows
+    prompts, targets = [e.prompt for e in encoded], [e.target for e in encoded]
+    answers, labels = [e.answer for e in encoded], [e.label for e in encoded]
     n = len(prompts)
-    if cfg.type == "generate":
+    if kind.generates:
         width = seq - cfg.max_new_tokens
         tokens, mask = np.full((n, width), pad, np.int32), np.zeros((n, width), np.int32)
         for i, p in enumerate(prompts):
             tokens[i, width - len(p):], mask[i, width - len(p):] = p, 1
         return SplitData({"tokens": tokens, "mask": mask, "valid": np.ones(n, bool),
                           "index": np.arange(n)}, tuple(answers), tuple(files))
-    if cfg.type == "choice":
+    if kind.per_choice:
         width = max(len(t) for t in targets)
         flat_p = [p for p, t in zip(prompts, targets) for _ in range(width)]
         flat_t = [t[c] if c < len(t) else t[0] for t in targets for c in range(width)]

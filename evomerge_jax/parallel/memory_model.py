@@ -169,25 +169,25 @@ class TaskShape:
     cfg: object
     rows: int
     seq_len: int
+    new_tokens: int = 0  # tokens the pass decodes per row (0: a teacher-forced task)
 
 
 def shape_of(task) -> TaskShape:
     """The shape of a loaded task (`tasks.TaskData`)."""
     data = task.splits["fitness"].arrays["tokens"]
     return TaskShape(task.cfg, task.cfg.batch_size * (data.shape[1] if data.ndim == 3 else 1),
-                     task.seq_len)
+                     task.seq_len, task.new_tokens)
 
 
 def workloads(shapes) -> tuple[Workload, ...]:
     """The pass's batches: every teacher-forced task's rows in one (padded to the longest),
     then one per generate task."""
     shapes = list(shapes)
-    teacher = [t for t in shapes if t.cfg.type != "generate"]
+    teacher = [t for t in shapes if not t.new_tokens]
     out = [Workload(sum(t.rows for t in teacher), max(t.seq_len for t in teacher))
            ] if teacher else []
-    return tuple(out) + tuple(Workload(t.rows, t.seq_len - t.cfg.max_new_tokens,
-                                       t.cfg.max_new_tokens)
-                              for t in shapes if t.cfg.type == "generate")
+    return tuple(out) + tuple(Workload(t.rows, t.seq_len - t.new_tokens, t.new_tokens)
+                              for t in shapes if t.new_tokens)
 
 
 def choose_chunk(free: int, per_candidate: int, per_global: int, population: int, n_pop: int,

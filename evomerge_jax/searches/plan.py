@@ -7,6 +7,7 @@ evaluator itself uses.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import jax
@@ -18,6 +19,7 @@ from ..dfs.search import check_dfs_models, dfs_sources
 from ..errors import CheckpointError, ConfigError
 from ..evolve.config import DFSSection, MeshSection
 from ..evolve.evaluate import available_memory
+from ..evolve.task_types import TASK_TYPES
 from ..evolve.tasks import load_task, load_tokenizer, pad_to
 from ..fileio import parse_size
 from ..merge.task_arithmetic import PRESETS
@@ -103,9 +105,10 @@ def _task_shapes(cfg, tokenizer_dir, context, seq_len: int):
             tokenizer = tokenizer or load_tokenizer(tokenizer_dir)
             shapes.append(shape_of(load_task(task, tokenizer, context)))
             continue
-        new = task.max_new_tokens if task.type == "generate" else 0
-        rows = task.batch_size * (ASSUMED_CHOICES if task.type == "choice" else 1)
-        shapes.append(TaskShape(task, rows, pad_to(seq_len + new)))
+        kind = TASK_TYPES[task.type]
+        new = task.max_new_tokens if kind.generates else 0
+        rows = task.batch_size * (ASSUMED_CHOICES if kind.per_choice else 1)
+        shapes.append(TaskShape(task, rows, pad_to(seq_len + new), new))
         notes.append(f"task {task.name!r}: data files absent; {seq_len}-token "
                      f"{'prompts' if new else 'rows'} assumed (--seq-len)")
     return shapes, notes
@@ -240,8 +243,7 @@ def _advice(cfg, device_memory, mesh, dtype, shapes, fit, result) -> str:
         while lo < hi:  # the largest batch_size of this task alone that fits
             mid = (lo + hi + 1) // 2
             trial = list(shapes)
-            trial[i] = TaskShape(shape.cfg, shape.rows * mid // shape.cfg.batch_size,
-                                 shape.seq_len)
+            trial[i] = dataclasses.replace(shape, rows=shape.rows * mid // shape.cfg.batch_size)
             lo, hi = (mid, hi) if fit(m, dtype, trial)[-1] else (lo, mid - 1)
         if lo:
             fixes.append(f"tasks[{i}].batch_size ({shape.cfg.name}) at most {lo}")
