@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .errors import EvomergeError
 from .generation import check_inputs, generation_inputs, greedy_generate
 from .model import forward
 

@@ -22,6 +22,7 @@ from typing import Callable
 
 from .errors import ConfigError
 
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Every fact about one tensor kind, in one place.

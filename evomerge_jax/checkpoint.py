@@ -8,14 +8,20 @@ at a time; the streaming merge and the exporter use it directly so that no whole
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from .arch import IGNORED_SUFFIXES, ModelSpec, config_with_num_layers, hf_tensor_names, spec_from_config
+from .arch import (
+    IGNORED_SUFFIXES,
+    ModelSpec,
+    config_with_num_layers,
+    hf_tensor_names,
+    spec_from_config,
+)
 from .errors import CheckpointError, ConfigError
 from .fileio import DEFAULT_SHARD_SIZE, atomic_dir, parse_size, write_safetensors_shards
 
@@ -206,26 +212,30 @@ def copy_tokenizer_files(source: Path | None, dest: Path) -> list[str]:
     return copied
 
 
+def write_hf_dir(out_dir: str | Path, tensors, config: dict, *, tokenizer_from=None,
+                 overwrite: bool = False, shard_size: int | str = DEFAULT_SHARD_SIZE,
+                 extra_files: dict[str, str] | None = None) -> Path:
+    """The one writer of an HF dir: (name, array) pairs streamed into safetensors shards (+ index
+    when more than one), config.json, the tokenizer and generation files of `tokenizer_from`,
+    and `extra_files` (name -> text). Built beside the target and renamed into place: an error
+    leaves nothing behind, and an existing target is replaced only with `overwrite`, once the new
+    dir is complete."""
+    limit = parse_size(shard_size)  # a bad size fails before anything is written
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        write_safetensors_shards(tensors, tmp, limit)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        copy_tokenizer_files(None if tokenizer_from is None else Path(tokenizer_from), tmp)
+        for fname, text in (extra_files or {}).items():
+            (tmp / fname).write_text(text)
+    return Path(out_dir)
+
+
 def save(ckpt: Checkpoint, path: str | Path, *, shard_size: int | str = DEFAULT_SHARD_SIZE,
          tokenizer_from: str | Path | None = None, overwrite: bool = False,
          extra_files: dict[str, str] | None = None) -> Path:
-    """Write `ckpt` as an HF dir: shards (+ index when more than one), config.json, tokenizer and
-    generation files copied from `tokenizer_from` (default: the dir it was loaded from).
-
-    The dir is built beside the target and renamed into place; an existing target is replaced only
-    with `overwrite=True`, and then only once the new dir is complete.
-    """
-    limit = parse_size(shard_size)
-    source = Path(tokenizer_from) if tokenizer_from is not None else ckpt.source_dir
-    with atomic_dir(path, overwrite=overwrite) as tmp:
-        write_safetensors_shards(hf_state_dict(ckpt), tmp, limit)
-        cfg = output_config(ckpt.config, ckpt.spec, ckpt.dtype)
-        copy_tokenizer_files(source, tmp)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        for fname, text in (extra_files or {}).items():
-            (tmp / fname).write_text(text)
-    return Path(path)
-
-
-def with_params(ckpt: Checkpoint, params: dict, spec: ModelSpec | None = None) -> Checkpoint:
-    return replace(ckpt, params=params, spec=spec or ckpt.spec)
+    """Write `ckpt` as an HF dir (`write_hf_dir`), tokenizer and generation files copied from
+    `tokenizer_from` (default: the dir it was loaded from)."""
+    return write_hf_dir(path, hf_state_dict(ckpt), output_config(ckpt.config, ckpt.spec, ckpt.dtype),
+                        tokenizer_from=tokenizer_from if tokenizer_from is not None
+                        else ckpt.source_dir, overwrite=overwrite, shard_size=shard_size,
+                        extra_files=extra_files)

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from .demo import run_demo
 from .errors import EvomergeError
+from .evolve.config import load_config
+from .evolve.report import print_table
 from .fileio import DEFAULT_SHARD_SIZE
+from .inspect import model_info
+from .merge.plan import load_plan
+from .merge.run import run_plan
+from .parallel import distributed as dist
+from .searches.plan import plan_stages, plan_table
+from .searches.run import eval_model, evolve, export_run
 
 
 def _cmd_info(args) -> int:
-    from .inspect import model_info
     for key, value in model_info(args.model_dir).items():
         print(f"{key:<14} {value}")
     return 0
 
 
 def _cmd_merge(args) -> int:
-    from .merge.plan import load_plan
-    from .merge.run import run_plan
     plan = load_plan(args.config)  # every check that needs no tensor data, before any write
     out = run_plan(plan, args.out_dir, seed=args.seed, shard_size=args.shard_size,
                    overwrite=args.overwrite, quiet=args.quiet)
@@ -30,25 +37,20 @@ def _cmd_merge(args) -> int:
 
 
 def _cmd_evolve(args) -> int:
-    import os
-
     distributed = args.coordinator or args.num_processes is not None or (
         args.process_id is not None) or args.distributed or os.environ.get(
         "JAX_COORDINATOR_ADDRESS")
     if distributed:
-        from .parallel import distributed as dist
         if not dist.is_child():  # see distributed.py: the runtime aborts, the parent explains
             return dist.supervise(args.argv, args.process_id, args.coordinator, args.timeout)
         dist.initialize(args.coordinator, args.num_processes, args.process_id,
                         timeout_s=args.timeout)
-    from .searches.run import evolve
     try:
         evolve(args.config, resume=args.resume, overwrite=args.overwrite)
     except EvomergeError:
         raise
     except Exception as exc:  # a collective failed: in a multi-process run, say how to go on
-        from .parallel.distributed import peer_failure
-        failure = peer_failure(exc) if distributed else None
+        failure = dist.peer_failure(exc) if distributed else None
         if failure is None:
             raise
         raise failure from None
@@ -56,9 +58,6 @@ def _cmd_evolve(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from .evolve.config import load_config
-    from .searches.plan import plan_stages, plan_table
-    from .evolve.report import print_table
     plans = plan_stages(load_config(args.config), args.devices, args.device_memory, args.mesh,
                         seq_len=args.seq_len)  # refuses (one line) a layout that cannot fit
     for plan in plans:
@@ -67,19 +66,16 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .searches.run import export_run
     export_run(args.run_dir, args.out_dir, overwrite=args.overwrite)
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from .searches.run import eval_model
     eval_model(args.model_dir, args.config, splits=tuple(args.split or ("validation", "test")))
     return 0
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
     run_demo(args.out, quick=args.quick, seed=args.seed)
     return 0
 

@@ -35,7 +35,6 @@ from .path import LayerPath, decode_path
 from .plot import plot_path
 
 
-
 def fold_path(stack: Checkpoint, path: LayerPath) -> Checkpoint:
     """The plain checkpoint equal to `path` over `stack` (A's architecture, n = path length
     layers, A's embeddings and head). Folding runs in float64 and casts back to the stack dtype."""

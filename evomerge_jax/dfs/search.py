@@ -21,22 +21,21 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 
-from ..arch import ModelSpec
-from ..arch import global_hf_name, layer_hf_name
+from ..arch import ModelSpec, global_hf_name, layer_hf_name
 from ..checkpoint import DTYPES, Checkpoint, TensorReader, read_config
+from ..evolve.config import DFSSection, EvolveConfig
+from ..evolve.strategy import build_strategy
+from ..evolve.tasks import load_tasks, load_tokenizer
+from ..model import unembed
+from ..parallel.memory_model import Workload, dfs_candidate_bytes
+from ..parallel.mesh import first_device_mesh, read_global, weight_shardings
+from ..parallel.seeds import DFS_MLP_STREAM
 from .export import save_path_model
 from .forward import population_hidden
 from .generate import population_generate
 from .genome import PathSpec, decode, initial_genome
 from .path import decode_path
 from .stack import check_compatible
-from ..model import unembed
-from ..evolve.config import DFSSection, EvolveConfig
-from ..parallel.mesh import first_device_mesh, read_global, weight_shardings
-from ..parallel.memory_model import Workload, dfs_candidate_bytes
-from ..parallel.seeds import DFS_MLP_STREAM
-from ..evolve.strategy import build_strategy
-from ..evolve.tasks import load_tasks, load_tokenizer
 
 _GENERIC_NAMES = ("A", "B")  # the compiled pass's names: runs over other dirs reuse its code
 

@@ -24,9 +24,9 @@ from ..generation import greedy_generate
 from ..model import hidden_states, unembed
 from ..parallel.memory_model import choose_chunk, pass_bytes, shape_of, workloads
 from ..parallel.mesh import MODEL, POP, make_mesh, put_global, weight_shardings
+from ..parallel.xla_options import merge_jit
 from .metrics import generation_of, run_tasks
 from .task_types import TASK_TYPES
-from ..parallel.xla_options import merge_jit
 
 
 @partial(merge_jit, static_argnames=("model", "generations", "mesh"))

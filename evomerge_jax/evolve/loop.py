@@ -25,8 +25,8 @@ import orbax.checkpoint as ocp
 
 from ..fileio import atomic_write_text
 from ..parallel.distributed import is_main
-from .evaluate import combine
 from ..parallel.seeds import candidate_keys
+from .evaluate import combine
 from .strategy import Strategy, losses
 
 
@@ -188,8 +188,13 @@ class _progress:
         self.bar = None
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        from rich.progress import TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("gen"), MofNCompleteColumn(), BarColumn(),
                             TextColumn("{task.fields[info]}"), TimeRemainingColumn())

@@ -16,7 +16,11 @@ from evomerge_jax.merge.sparsify import (
     outlier_mask,
     sparsify,
 )
-from evomerge_jax.merge.task_arithmetic import PRESETS, TaskVectorPreset, task_vector_merge
+from evomerge_jax.merge.task_arithmetic import (
+    PRESETS,
+    TaskVectorPreset,
+    task_vector_merge,
+)
 
 __all__ = [
     "METHOD_NAMES",

@@ -12,37 +12,38 @@ reproducible, and a tensor's draw does not depend on which other tensors the pla
 from __future__ import annotations
 
 import functools
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evomerge_jax.checkpoint import DTYPES, TensorReader, copy_tokenizer_files, output_config
-from evomerge_jax.fileio import (DEFAULT_SHARD_SIZE, atomic_dir, parse_size,
-                                  write_safetensors_shards)
+from evomerge_jax.checkpoint import DTYPES, TensorReader, output_config, write_hf_dir
+from evomerge_jax.fileio import DEFAULT_SHARD_SIZE, parse_size
 from evomerge_jax.merge.methods import merge_tensor
-from evomerge_jax.merge.task_arithmetic import PRESETS
-from evomerge_jax.parallel.xla_options import merge_jit
-from evomerge_jax.parallel.seeds import merge_tensor_key
 from evomerge_jax.merge.plan import MergePlan, TensorOp
-
+from evomerge_jax.merge.task_arithmetic import PRESETS
+from evomerge_jax.parallel.seeds import merge_tensor_key
+from evomerge_jax.parallel.xla_options import merge_jit
 
 # Tensors this large merge as one compiled program (fused: ~2x faster than op by op on CPU, and
 # worth a compilation even when used once); smaller ones run op by op, where each operation's
 # compilation is shared by every tensor of that shape.
 _JIT_MIN_ELEMENTS = 1 << 23
-# Sparsifiers that threshold against a sorted-magnitude table (see `sparsify.magnitude_table`).
 
 
 @contextmanager
 def _progress(total: int, quiet: bool) -> Iterator:
     """A rich progress bar over tensors on stderr, off when quiet or not a terminal."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     with Progress(TextColumn("merging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -115,16 +116,14 @@ def run_plan(plan: MergePlan, out_dir: str | Path, *, seed: int = 0, shard_size:
              overwrite: bool = False, quiet: bool = False) -> Path:
     """Write the merged model to `out_dir`: shards, config.json, tokenizer files, and the config
     it ran as mergekit_config.yml (as mergekit does)."""
-    limit = parse_size(shard_size)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp, _progress(len(plan.ops), quiet) as advance:
+    parse_size(shard_size)  # a bad size fails before any tensor is merged
+    cfg = output_config(dict(plan.hf_config), plan.spec, jnp.dtype(plan.out_dtype))
+    with _progress(len(plan.ops), quiet) as advance:
         def tensors():
             for op in plan.ops:
                 yield op.name, merge_op(plan, op, seed)
                 advance(op.name)
 
-        write_safetensors_shards(tensors(), tmp, limit)
-        cfg = output_config(dict(plan.hf_config), plan.spec, jnp.dtype(plan.out_dtype))
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        copy_tokenizer_files(plan.tokenizer_dir, tmp)
-        (tmp / "mergekit_config.yml").write_text(plan.text)
-    return Path(out_dir)
+        return write_hf_dir(out_dir, tensors(), cfg, tokenizer_from=plan.tokenizer_dir,
+                            overwrite=overwrite, shard_size=shard_size,
+                            extra_files={"mergekit_config.yml": plan.text})

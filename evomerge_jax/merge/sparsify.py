@@ -34,7 +34,6 @@ from evomerge_jax.errors import MergeError
 from evomerge_jax.merge.numerics import as_rows, concrete_or_none
 
 
-
 @dataclass(frozen=True)
 class Sparsifier:
     """What a sparsifier needs: the one place the merge, the PS pass, the planner and the config

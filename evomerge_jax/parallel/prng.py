@@ -27,7 +27,6 @@ _GOLDEN = 0x9E3779B9
 _C1, _C2 = 0x85EBCA6B, 0xC2B2AE35
 # Domain tags, so that bits, split keys, folded keys and seeds never share a hash input.
 _BITS_HI, _SPLIT, _FOLD, _SEED = 0x5BD1E995, 0x27D4EB2F, 0x165667B1, 0x61C88647
-PRNGS = ("hash", "threefry")
 
 
 def fmix32(h, xp=jnp):

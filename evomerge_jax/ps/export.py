@@ -8,7 +8,6 @@ mergekit filter lists: the first entry whose filter is a substring of the tensor
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 
@@ -17,11 +16,10 @@ import numpy as np
 import yaml
 
 from ..arch import global_hf_name, layer_hf_name
-from ..checkpoint import DTYPES, TensorReader, copy_tokenizer_files, output_config
-from ..fileio import DEFAULT_SHARD_SIZE, atomic_dir, parse_size, write_safetensors_shards
+from ..checkpoint import DTYPES, TensorReader, output_config, write_hf_dir
 from ..merge.task_arithmetic import PRESETS
-from .genome import clip
 from ..parallel.xla_options import merge_jit
+from .genome import clip
 
 # mergekit tensor-name substrings of each side of a layer (the norm before each block included).
 _SIDE_FILTERS = (("self_attn", "input_layernorm"), ("mlp", "post_attention_layernorm"))
@@ -77,14 +75,10 @@ def export_ps(search, genome, key_data, out_dir, *, overwrite=False, note: str =
     """Write the candidate as an HF dir (config, tokenizer, shards) with recipe.yaml."""
     cfg = search.cfg
     tokenizer_dir = cfg.tokenizer or cfg.base_model
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        write_safetensors_shards(merged_tensors(search, genome, key_data), tmp,
-                                 parse_size(DEFAULT_SHARD_SIZE))
-        out_cfg = output_config(search.hf_config, search.spec, DTYPES[search.model.dtype])
-        (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2) + "\n")
-        copy_tokenizer_files(Path(tokenizer_dir), tmp)
-        (tmp / "recipe.yaml").write_text(recipe_yaml(search, genome, note))
-    return Path(out_dir)
+    out_cfg = output_config(search.hf_config, search.spec, DTYPES[search.model.dtype])
+    return write_hf_dir(out_dir, merged_tensors(search, genome, key_data), out_cfg,
+                        tokenizer_from=tokenizer_dir, overwrite=overwrite,
+                        extra_files={"recipe.yaml": recipe_yaml(search, genome, note)})
 
 
 def _entries(layout, values, name, groups_by_filter, fallback_group, k=None):

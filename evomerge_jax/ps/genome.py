@@ -25,7 +25,6 @@ from ..arch import LAYER_TENSORS
 from ..evolve.config import method_parameters
 
 
-
 @dataclass(frozen=True)
 class GenomeLayout:
     """Static description of the genome; hashable, so jitted functions may take it as static."""

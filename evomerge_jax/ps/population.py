@@ -32,16 +32,22 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..arch import ModelSpec
 from ..generation import greedy_loop
 from ..merge.methods import merge_tensor
-from ..model import decoder_layer, embed as embed_tokens, make_context, positions_from_mask
-from ..model import sliding_flags, unembed
+from ..model import (
+    decoder_layer,
+    make_context,
+    positions_from_mask,
+    sliding_flags,
+    unembed,
+)
+from ..model import embed as embed_tokens
 from ..parallel.memory_model import Workload, ps_candidate_bytes, shared_merge_bytes
-from .genome import GenomeLayout
 from ..parallel.seeds import tensor_key
+from .genome import GenomeLayout
+
 
 @dataclass(frozen=True)
 class PSModel:

@@ -20,9 +20,9 @@ import numpy as np
 from ..arch import global_hf_name, layer_hf_name
 from ..checkpoint import DTYPES, TensorReader, read_config
 from ..errors import ConfigError
-from ..merge.sparsify import magnitude_table
 from ..evolve.strategy import build_strategy
 from ..evolve.tasks import load_tasks, load_tokenizer
+from ..merge.sparsify import magnitude_table
 from ..merge.task_arithmetic import PRESETS
 from ..parallel.mesh import first_device_mesh, read_global, weight_shardings
 from .export import export_ps

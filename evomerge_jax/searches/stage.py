@@ -18,7 +18,13 @@ from ..errors import ConfigError
 from ..evolve.config import EvolveConfig, dump_config, load_config
 from ..evolve.evaluate import Evaluator, PlainModel, available_memory
 from ..evolve.loop import Best, run_search
-from ..evolve.report import plot_fitness, plot_recipe, print_table, read_log, score_table
+from ..evolve.report import (
+    plot_fitness,
+    plot_recipe,
+    print_table,
+    read_log,
+    score_table,
+)
 from ..fileio import atomic_write_text
 from ..parallel.distributed import agree, barrier, is_main
 from ..parallel.mesh import device_bytes, make_mesh, mesh_sizes
@@ -59,35 +65,6 @@ def _check_run_dir(cfg: EvolveConfig, resume: bool, overwrite: bool) -> tuple[Pa
                               "continue it or --overwrite to start over")
         return run_dir, True
     return run_dir, False
-
-
-def start_run_dir(cfg: EvolveConfig, resume: bool, overwrite: bool) -> Path:
-    """Check the run dir on every process, then (process 0) wipe it if asked, create it and save
-    the config; every process returns once the dir is ready."""
-    barrier("run dir: before the checks")  # no process has touched the dir yet
-    run_dir, wipe = _check_run_dir(cfg, resume, overwrite)
-    barrier("run dir: checked")
-    if is_main():
-        if wipe:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yml", dump_config(cfg))
-    barrier("run dir: ready")
-    return run_dir
-
-
-def build_mesh(cfg: EvolveConfig, search, devices=None, log=print):
-    """The (pop, model) mesh over `devices` (default: every process's devices) from
-    `compute.mesh`; under `auto` the weights' size picks the model axis (mesh.mesh_sizes)."""
-    import jax
-
-    devices = list(devices or jax.devices())
-    spec, shapes = search.weight_layout()
-    pop, model = mesh_sizes(cfg.compute.mesh, len(devices),
-                            lambda m: device_bytes(spec, shapes, m),
-                            available_memory(jax.local_devices()[0]), log)
-    pop, model = agree((pop, model))
-    return make_mesh(devices, pop, model)
 
 
 def start_run_dir(cfg: EvolveConfig, resume: bool, overwrite: bool) -> Path:
@@ -183,18 +160,6 @@ def finish(cfg, search, evaluator, tasks, tokenizer, best: Best, run_dir: Path, 
                                             f"{best.generation}"))
     barrier(f"finished {run_dir}")
     return results
-
-
-def score_model(model_dir, tasks, tokenizer, splits, dtype=None, log=print) -> dict:
-    """One model dir on the tasks' splits: {split: {task: {metric: float}}}."""
-    import jax
-
-    ckpt = load(model_dir, dtype)
-    # A plain model is one candidate: one device, no replication.
-    evaluator = Evaluator(PlainModel(ckpt.spec), ckpt.params, tasks, tokenizer,
-                          devices=jax.local_devices()[:1], log=log)
-    zeros_g, zeros_k = np.zeros((1, 1), np.float32), np.zeros((1, 2), np.uint32)
-    return {split: _first(evaluator.split_scores(zeros_g, zeros_k, split)) for split in splits}
 
 
 def score_model(model_dir, tasks, tokenizer, splits, dtype=None, log=print) -> dict:
