@@ -14,6 +14,7 @@ import pytest
 import transformers
 import yaml
 
+import evomerge_jax as em
 from evomerge_jax.cli import main
 from merge_models import tensors
 
@@ -66,10 +67,16 @@ def test_merge_relative_model_paths_and_out(in_work):
     assert sorted(ours) == sorted(a)
     for name in ours:  # float64 reference: linear normalises the weights (1 + 3)
         np.testing.assert_allclose(ours[name], (a[name] + 3 * b[name]) / 4, rtol=0, atol=2e-7)
+    # the public API does what the command does
+    assert em.merge("recipes/linear.yml", "merged_api") == Path("merged_api")
+    api = tensors(Path("merged_api"))
+    assert all(np.array_equal(api[n], ours[n]) for n in ours)
 
 
 def test_evolve_export_eval_plan_relative(in_work, capsys):
     config = "../cfgs/ps.yml"
+    cfg = em.load_evolve_config(config)
+    assert cfg.output_dir == in_work / "cfgs" / "run" and cfg.base_model.is_dir()
     assert main(["plan", config, "--device-memory", "8GB"]) == 0
     assert "candidates" in capsys.readouterr().out.lower()
     assert main(["evolve", config]) == 0
