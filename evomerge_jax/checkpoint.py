@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from .arch import IGNORED_SUFFIXES, ModelSpec, config_with_num_layers, hf_tensor_names, spec_from_config
+from .arch import (IGNORED_SUFFIXES, SUPPORTED_ARCHITECTURES, ModelSpec, config_with_num_layers,
+                   hf_tensor_names, spec_from_config)
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_dir, parse_size, write_safetensors_shards
 
@@ -44,8 +45,10 @@ class Checkpoint:
         return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.params))
 
 
-def read_config(path: str | Path) -> tuple[Path, dict, ModelSpec]:
-    """Check a model dir and parse its config.json; errors name the dir and the problem."""
+def read_config(path: str | Path, need_spec: bool = True) -> tuple[Path, dict, ModelSpec | None]:
+    """Check a model dir and parse its config.json; errors name the dir and the problem. With
+    `need_spec=False` a family the forward does not support gives spec None (merging needs only
+    tensor names and shapes)."""
     root = Path(path)
     if not root.exists():
         raise CheckpointError(f"{root}: no such model directory")
@@ -60,6 +63,8 @@ def read_config(path: str | Path) -> tuple[Path, dict, ModelSpec]:
         raise CheckpointError(f"{cfg_path}: cannot read JSON ({exc})") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{cfg_path}: expected a JSON object")
+    if not need_spec and (cfg.get("architectures") or [None])[0] not in SUPPORTED_ARCHITECTURES:
+        return root, cfg, None
     try:
         spec = spec_from_config(cfg, where=str(cfg_path))
     except ConfigError as exc:
@@ -70,8 +75,8 @@ def read_config(path: str | Path) -> tuple[Path, dict, ModelSpec]:
 class TensorReader:
     """Lazy access to the tensors of an HF dir: `read(hf_name)` returns a numpy array."""
 
-    def __init__(self, path: str | Path):
-        self.root, self.config, self.spec = read_config(path)
+    def __init__(self, path: str | Path, need_spec: bool = True):
+        self.root, self.config, self.spec = read_config(path, need_spec)
         self._handles: dict[Path, object] = {}
         self.files = self._weight_map()
 
