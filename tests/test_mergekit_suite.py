@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-import mergekit_common
+pytest.importorskip("mergekit", reason="mergekit 0.1.5 (the test extra) is not installed")
+import mergekit_common  # noqa: E402
 
 VERSION = "0.1.5"
 FILES = ("tests/test_basic_merges.py", "tests/test_merge_dtypes.py")
@@ -46,7 +47,8 @@ def _fetch_sdist() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, f"mergekit=={VERSION}"]
+               "--disable-pip-version-check", "--timeout", "30", "--retries", "1", "-q",
+               "-d", tmp, f"mergekit=={VERSION}"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except subprocess.TimeoutExpired:
@@ -111,7 +113,7 @@ DIFFERENCES = {("TestBasicMerges", "test_arcee_fusion_merge"): (
     "with dtype bfloat16, mergekit 0.1.5 computes arcee_fusion's importances (softmax, KL) from "
     "bfloat16 values, evomerge in float32: about 9% of the elements fall on the other side of the "
     "median + 1.5 IQR threshold; test_selection_agrees_in_float32[arcee_fusion] runs the same "
-    "config at float32, where they agree")}
+    "config at float32, where they agree but for elements at the threshold")}
 for (cls, name), reason in DIFFERENCES.items():
     setattr(globals()[cls], name, pytest.mark.xfail(strict=True, raises=AssertionError,
                                                     reason=reason)(getattr(globals()[cls], name)))
