@@ -15,13 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from .arch import (
-    IGNORED_SUFFIXES,
-    ModelSpec,
-    config_with_num_layers,
-    hf_tensor_names,
-    spec_from_config,
-)
+from .arch import (IGNORED_SUFFIXES, SUPPORTED_ARCHITECTURES, ModelSpec, config_with_num_layers,
+                   hf_tensor_names, spec_from_config)
 from .errors import CheckpointError, ConfigError
 from .fileio import DEFAULT_SHARD_SIZE, atomic_dir, parse_size, write_safetensors_shards
 
@@ -50,8 +45,10 @@ class Checkpoint:
         return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.params))
 
 
-def read_config(path: str | Path) -> tuple[Path, dict, ModelSpec]:
-    """Check a model dir and parse its config.json; errors name the dir and the problem."""
+def read_config(path: str | Path, need_spec: bool = True) -> tuple[Path, dict, ModelSpec | None]:
+    """Check a model dir and parse its config.json; errors name the dir and the problem. With
+    `need_spec=False` a family the forward does not support gives spec None (merging needs only
+    tensor names and shapes)."""
     root = Path(path)
     if not root.exists():
         raise CheckpointError(f"{root}: no such model directory")
@@ -66,6 +63,8 @@ def read_config(path: str | Path) -> tuple[Path, dict, ModelSpec]:
         raise CheckpointError(f"{cfg_path}: cannot read JSON ({exc})") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{cfg_path}: expected a JSON object")
+    if not need_spec and (cfg.get("architectures") or [None])[0] not in SUPPORTED_ARCHITECTURES:
+        return root, cfg, None
     try:
         spec = spec_from_config(cfg, where=str(cfg_path))
     except ConfigError as exc:
@@ -76,8 +75,8 @@ def read_config(path: str | Path) -> tuple[Path, dict, ModelSpec]:
 class TensorReader:
     """Lazy access to the tensors of an HF dir: `read(hf_name)` returns a numpy array."""
 
-    def __init__(self, path: str | Path):
-        self.root, self.config, self.spec = read_config(path)
+    def __init__(self, path: str | Path, need_spec: bool = True):
+        self.root, self.config, self.spec = read_config(path, need_spec)
         self._handles: dict[Path, object] = {}
         self.files = self._weight_map()
 
@@ -212,17 +211,19 @@ def copy_tokenizer_files(source: Path | None, dest: Path) -> list[str]:
     return copied
 
 
-def write_hf_dir(out_dir: str | Path, tensors, config: dict, *, tokenizer_from=None,
+def write_hf_dir(out_dir: str | Path, tensors, config, *, tokenizer_from=None,
                  overwrite: bool = False, shard_size: int | str = DEFAULT_SHARD_SIZE,
                  extra_files: dict[str, str] | None = None) -> Path:
     """The one writer of an HF dir: (name, array) pairs streamed into safetensors shards (+ index
-    when more than one), config.json, the tokenizer and generation files of `tokenizer_from`,
+    when more than one), config.json (`config`: a dict, or a function called once the tensors are
+    written), the tokenizer and generation files of `tokenizer_from`,
     and `extra_files` (name -> text). Built beside the target and renamed into place: an error
     leaves nothing behind, and an existing target is replaced only with `overwrite`, once the new
     dir is complete."""
     limit = parse_size(shard_size)  # a bad size fails before anything is written
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         write_safetensors_shards(tensors, tmp, limit)
+        config = config() if callable(config) else config
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         copy_tokenizer_files(None if tokenizer_from is None else Path(tokenizer_from), tmp)
         for fname, text in (extra_files or {}).items():

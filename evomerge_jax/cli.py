@@ -28,11 +28,13 @@ def _cmd_info(args) -> int:
 
 def _cmd_merge(args) -> int:
     plan = load_plan(args.config)  # every check that needs no tensor data, before any write
+    for line in plan.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     out = run_plan(plan, args.out_dir, seed=args.seed, shard_size=args.shard_size,
                    overwrite=args.overwrite, quiet=args.quiet)
     if not args.quiet:
         print(f"wrote {out}: {plan.method.name}, {len(plan.ops)} tensors, "
-              f"{plan.spec.num_layers} layers, {plan.out_dtype}")
+              f"{plan.num_layers} layers, {plan.out_dtype or plan.read_dtype or 'input dtypes'}")
     return 0
 
 

@@ -208,12 +208,6 @@ BAD = {
                        r"layer_range, parameters"),
     "unsupported_key": ("merge_method: passthrough\nmodels: [{{model: {a}}}]\nchat_template: x\n",
                         r"'chat_template' is not supported yet"),
-    "typo_parameter": (TIES + TWO.replace("{{weight: 0.5}}", "{{weight: 0.5, dencity: 0.3}}", 1),
-                       r"unknown parameter 'dencity' in models\[0\]\.parameters for merge method "
-                       r"'ties'; known: density, "),
-    "global_in_source": (TIES + TWO.replace("{{weight: 0.5}}", "{{weight: 0.5, normalize: false}}", 1),
-                         r"parameter 'normalize' in models\[0\]\.parameters is global for merge "
-                         r"method 'ties'"),
     "missing_weight": (TIES + "models:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
                        "  - model: {b}\n",
                        r"missing required parameter 'weight' for \S+llama_b \(models\[1\]\)"),
@@ -291,6 +285,44 @@ def test_bad_config(case, models, tmp_path, capsys):
     assert main(["merge", str(cfg), str(out), "--overwrite"]) == 2
     assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
     assert sorted(os.listdir(tmp_path)) == ["c.yml", "out"]
+
+
+SLERP = "merge_method: slerp\nbase_model: {base}\nparameters: {{t: 0.3}}\nmodels:\n"
+# name -> (config, the same config without the ignored parameter, the warning)
+IGNORED = {
+    "typo_parameter": (TIES + TWO.replace("{{weight: 0.5}}", "{{weight: 0.5, dencity: 0.3}}", 1),
+                       TIES + TWO,
+                       r"parameter 'dencity' in models\[0\]\.parameters is ignored: merge method "
+                       r"'ties' does not read it \(it reads density, "),
+    "global_in_source": (TIES + TWO.replace("{{weight: 0.5}}", "{{weight: 0.5, normalize: false}}", 1),
+                         TIES + TWO,
+                         r"parameter 'normalize' in models\[0\]\.parameters is ignored: it is "
+                         r"global for merge method 'ties'"),
+    "weight_for_slerp": (SLERP + "  - model: {base}\n    parameters: {{weight: 0.6}}\n"
+                         "  - model: {a}\n    parameters: {{weight: 0.4}}\n",
+                         SLERP + "  - model: {base}\n  - model: {a}\n",
+                         r"parameter 'weight' in models\[0\]\.parameters is ignored: merge method "
+                         r"'slerp' does not read it \(it reads t\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(IGNORED))
+def test_parameter_the_method_does_not_read_warns(case, models, tmp_path, capsys):
+    """As mergekit ignores it: one `warning:` line per occurrence naming it and the method, and
+    the merge is the one without it."""
+    template, without, expected = IGNORED[case]
+    cfg, plain = tmp_path / "c.yml", tmp_path / "plain.yml"
+    cfg.write_text(template.format(**models))
+    plain.write_text(without.format(**models))
+    assert main(["merge", str(cfg), str(tmp_path / "out"), "--quiet"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == (2 if case == "weight_for_slerp" else 1), err
+    assert all(line.startswith("warning: ") for line in err) and re.search(expected, err[0]), err
+    assert main(["merge", str(plain), str(tmp_path / "plain"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    ours, reference = tensors(tmp_path / "out"), tensors(tmp_path / "plain")
+    assert sorted(ours) == sorted(reference)
+    assert all(np.array_equal(ours[n], reference[n]) for n in reference)
 
 
 def test_existing_output_needs_overwrite(models, tmp_path, capsys):

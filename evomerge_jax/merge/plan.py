@@ -3,9 +3,13 @@
 output tensor, in Hugging Face order.
 
 Everything a user can get wrong is found here, from config.json files and safetensors headers:
-unknown parameters, missing required ones, densities outside [0, 1], layer ranges out of bounds,
-slices of unequal length, models of another architecture, shape or vocabulary. Errors are one-line
-`ConfigError`s naming the key and the model.
+missing required parameters, densities outside [0, 1], layer ranges out of bounds, slices of
+unequal length, models of another architecture, shape or vocabulary. Errors are one-line
+`ConfigError`s naming the key and the model. Parameters the method does not read are ignored, as
+mergekit ignores them, and listed in `MergePlan.warnings`, one line each.
+
+Models are read through their `Layout` (tensor names, shapes, layer indices), so any decoder whose
+layers are named per index merges, whether or not the JAX forward supports its family.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from evomerge_jax.arch import ModelSpec, global_hf_name, hf_tensor_names, layer_hf_name
-from evomerge_jax.checkpoint import TensorReader, read_config
+from evomerge_jax.arch import ModelSpec
+from evomerge_jax.checkpoint import read_config
 from evomerge_jax.errors import ConfigError, EvomergeError, MergeError
 from evomerge_jax.merge.config import MergeConfig, evaluate, parse_config
+from evomerge_jax.merge.layout import Layout, differences, read_layout, vocab_size
 from evomerge_jax.merge.methods import REQUIRED, MergeMethod, get_method
 
 # Options a caller computes (arrays), never written in a YAML file.
@@ -53,13 +58,17 @@ class MergePlan:
     method: MergeMethod
     config: MergeConfig
     text: str                      # the YAML as written; saved as mergekit_config.yml
-    spec: ModelSpec                # the output model
+    spec: ModelSpec | None         # the output model, for families the forward supports
+    num_layers: int                # of the output model
+    layer_types: list | None       # per output layer, when the config lists them
     hf_config: Mapping[str, Any]   # config.json of the base (else the first model)
     models: tuple[Path, ...]       # every model dir read, once each
     tokenizer_dir: Path
-    read_dtype: str | None         # inputs are rounded to this before the float32 merge
-    out_dtype: str
+    read_dtype: str | None         # `dtype`: inputs are rounded to it, and so is the result
+    out_dtype: str | None          # `out_dtype`: the result's dtype (default: read_dtype, else
+                                   # each tensor's inputs promoted, as torch promotes them)
     ops: tuple[TensorOp, ...]
+    warnings: tuple[str, ...] = ()  # one line per ignored parameter
 
 
 @dataclass(frozen=True)
@@ -92,42 +101,48 @@ class _Models:
     def __init__(self, where: str):
         self.where, self.readers, self.reference = where, {}, None
 
-    def open(self, label: str, key_where: str) -> TensorReader:
+    def open(self, label: str, key_where: str) -> Layout:
         path = _key(label)
         if path not in self.readers:
             try:
-                reader = TensorReader(path)
-                reader.check()
+                layout = read_layout(path)
             except EvomergeError as exc:
                 raise ConfigError(f"{self.where}: {key_where} ({label}): {exc}") from None
             if self.reference is None:
-                self.reference = (label, reader.spec)
+                self.reference = (label, layout)
             else:
-                self._compare(label, key_where, reader.spec)
-            self.readers[path] = reader
+                self._compare(label, key_where, layout)
+            self.readers[path] = layout
         return self.readers[path]
 
-    def _compare(self, label: str, key_where: str, spec: ModelSpec) -> None:
-        ref_label, ref = self.reference
-        if spec.vocab_size != ref.vocab_size:
+    def _compare(self, label: str, key_where: str, layout: Layout) -> None:
+        ref_label, ref_layout = self.reference
+        spec, ref = layout.spec, ref_layout.spec
+        if layout.vocab_size != ref_layout.vocab_size:
             raise ConfigError(
-                f"{self.where}: vocabulary mismatch: {ref_label} has vocab_size {ref.vocab_size} but "
-                f"{key_where} ({label}) has {spec.vocab_size}; merging different vocabularies is "
-                "not supported yet")
-        diffs = [f"{f} {getattr(spec, f)!r} vs {getattr(ref, f)!r}" for f in _SHAPE_FIELDS
-                 if getattr(spec, f) != getattr(ref, f)]
-        extra = [t for t in spec.layer_tensors if t not in ref.layer_tensors]
-        missing = [t for t in ref.layer_tensors if t not in spec.layer_tensors]
-        if extra or missing:
-            signed = [f"+{t}" for t in extra] + [f"-{t}" for t in missing]
-            diffs.append(f"per-layer tensors differ ({', '.join(signed)})")
+                f"{self.where}: vocabulary mismatch: {ref_label} has vocab_size "
+                f"{ref_layout.vocab_size} but {key_where} ({label}) has {layout.vocab_size}; "
+                "merging different vocabularies is not supported yet")
+        if spec is None or ref is None:  # a family without a forward: by tensor names and shapes
+            diffs = differences(layout, ref_layout)
+        else:
+            diffs = [f"{f} {getattr(spec, f)!r} vs {getattr(ref, f)!r}" for f in _SHAPE_FIELDS
+                     if getattr(spec, f) != getattr(ref, f)]
+            extra = [t for t in spec.layer_tensors if t not in ref.layer_tensors]
+            missing = [t for t in ref.layer_tensors if t not in spec.layer_tensors]
+            if extra or missing:
+                signed = [f"+{t}" for t in extra] + [f"-{t}" for t in missing]
+                diffs.append(f"per-layer tensors differ ({', '.join(signed)})")
         if diffs:
             raise ConfigError(f"{self.where}: {key_where} ({label}) differs from {ref_label}: "
                               f"{', '.join(diffs)}; every model must share the architecture and "
                               "tensor shapes")
 
 
-def _check_param_names(cfg: MergeConfig, method: MergeMethod, where: str) -> None:
+def _ignored_params(cfg: MergeConfig, method: MergeMethod, where: str) -> tuple[str, ...]:
+    """One warning per parameter the method does not read. mergekit ignores them (its own tests
+    give every model a `weight` whatever the method, and users copy configs between methods), so
+    they are reported, not refused; a typo then shows as a warning naming it."""
     shared = set(method.global_params) | set(method.options) - _INTERNAL_OPTIONS
     known = sorted(set(method.per_source) | shared)
     levels = [("parameters", cfg.parameters, False)]
@@ -136,14 +151,18 @@ def _check_param_names(cfg: MergeConfig, method: MergeMethod, where: str) -> Non
         levels.append((f"slices[{i}].parameters", sl.parameters, False))
         levels += [(f"slices[{i}].sources[{j}].parameters", s.parameters, True)
                    for j, s in enumerate(sl.sources)]
+    warnings = []
     for loc, params, per_source_level in levels:
         for name in params:
             if name not in known:
-                raise ConfigError(f"{where}: unknown parameter {name!r} in {loc} for merge method "
-                                  f"{method.name!r}; known: {', '.join(known) or 'none'}")
-            if per_source_level and name in shared:
-                raise ConfigError(f"{where}: parameter {name!r} in {loc} is global for merge method "
-                                  f"{method.name!r}: set it under the top-level or a slice's parameters")
+                warnings.append(f"{where}: parameter {name!r} in {loc} is ignored: merge method "
+                                f"{method.name!r} does not read it (it reads "
+                                f"{', '.join(known) or 'none'})")
+            elif per_source_level and name in shared:
+                warnings.append(f"{where}: parameter {name!r} in {loc} is ignored: it is global for "
+                                f"merge method {method.name!r}; set it under the top-level or a "
+                                "slice's parameters")
+    return tuple(warnings)
 
 
 def _checked(name: str, value, default, loc: str, model: str | None, tensor: str, where: str):
@@ -222,7 +241,7 @@ def _model_sources(cfg: MergeConfig, models: _Models, where: str) -> list[tuple]
         entries.insert(0, (cfg.base_model, {}, "base_model"))  # the base joins the inputs
     sources, depth = [], None
     for label, params, loc in entries:
-        layers = models.open(label, loc).spec.num_layers
+        layers = models.open(label, loc).num_layers
         if depth is not None and layers != depth[0]:
             raise ConfigError(f"{where}: {loc} ({label}) has {layers} layers but {depth[1]} has "
                               f"{depth[0]}; use slices with layer_range to merge different depths")
@@ -237,7 +256,7 @@ def _slice_sources(cfg: MergeConfig, models: _Models, where: str) -> list[tuple]
         sources, lengths = [], []
         for j, src in enumerate(sl.sources):
             loc = f"slices[{i}].sources[{j}]"
-            layers = models.open(src.model, loc).spec.num_layers
+            layers = models.open(src.model, loc).num_layers
             a, b = src.layer_range
             if not 0 <= a < b <= layers:
                 raise ConfigError(f"{where}: {loc}.layer_range [{a}, {b}] is out of bounds for "
@@ -273,30 +292,24 @@ def _slices(cfg: MergeConfig, method: MergeMethod, models: _Models, where: str) 
     return out
 
 
-def _ops(cfg: MergeConfig, method: MergeMethod, slices: list[_Slice], spec: ModelSpec,
+def _ops(cfg: MergeConfig, method: MergeMethod, slices: list[_Slice], layout: Layout,
          where: str) -> tuple[TensorOp, ...]:
-    """Every output tensor's op, built (and so checked) in Hugging Face order."""
-    ops = []
-
-    def add_global(short: str, sl: _Slice) -> None:
-        if short in spec.global_tensors:
-            name = global_hf_name(short)
-            ops.append(_op(cfg, method, sl, name, 0.0, lambda src: name, where))
-
-    add_global("embed", slices[0])
+    """Every output tensor's op, built (and so checked) in output order: embeddings from the first
+    slice, the layers slice by slice, the rest (final norm, lm_head) from the last slice."""
+    ops = [_op(cfg, method, slices[0], name, 0.0, lambda src, name=name: name, where)
+           for name in layout.pre]
     offset = 0
     for sl in slices:
         for j in range(sl.length):
             t = j / (sl.length - 1) if sl.length > 1 else 1.0
-            for short in spec.layer_tensors:
-                def source_tensor(src, short=short, j=j):
-                    return layer_hf_name(short, src.start + j)
-                ops.append(_op(cfg, method, sl, layer_hf_name(short, offset + j), t,
-                               source_tensor, where))
+            for template in layout.layer:
+                def source_tensor(src, template=template, j=j):
+                    return template.format(src.start + j)
+                ops.append(_op(cfg, method, sl, template.format(offset + j), t, source_tensor,
+                               where))
         offset += sl.length
-    add_global("final_norm", slices[-1])
-    add_global("lm_head", slices[-1])
-    assert [op.name for op in ops] == list(hf_tensor_names(spec))  # an engine invariant
+    ops += [_op(cfg, method, slices[-1], name, 0.0, lambda src, name=name: name, where)
+            for name in layout.post]
     return tuple(ops)
 
 
@@ -312,12 +325,12 @@ def _tokenizer_dir(cfg: MergeConfig, default: Path, vocab: int, where: str) -> P
             raise ConfigError(f"{where}: tokenizer_source: base needs base_model")
         return _key(cfg.base_model)
     try:
-        root, _, spec = read_config(source)
+        root, hf_config, _ = read_config(source, need_spec=False)
     except EvomergeError as exc:
         raise ConfigError(f"{where}: tokenizer_source ({source}): {exc}") from None
-    if spec.vocab_size != vocab:
+    if vocab_size(hf_config) != vocab:
         raise ConfigError(f"{where}: vocabulary mismatch: tokenizer_source {source} has vocab_size "
-                          f"{spec.vocab_size} but the merged models have {vocab}; aligning "
+                          f"{vocab_size(hf_config)} but the merged models have {vocab}; aligning "
                           "vocabularies is not supported yet")
     return _key(str(root))
 
@@ -329,20 +342,26 @@ def plan_from_text(text: str, where: str = "merge config") -> MergePlan:
         method = get_method(cfg.merge_method)
     except MergeError as exc:
         raise ConfigError(f"{where}: merge_method: {exc}") from None
-    _check_param_names(cfg, method, where)
+    warnings = _ignored_params(cfg, method, where)
     models = _Models(where)
     slices = _slices(cfg, method, models, where)
     config_dir = _key(cfg.base_model) if cfg.base_model else slices[0].first.path
-    reader = models.readers[config_dir]
-    flags = tuple(flag for sl in slices for flag in models.readers[sl.first.path].spec
-                  .sliding_layers[sl.first.start:sl.first.start + sl.length])
-    spec = reader.spec.with_num_layers(flags)
+    layout = models.readers[config_dir]
+    firsts = [(models.readers[sl.first.path], sl.first.start, sl.length) for sl in slices]
+    spec = None
+    if all(first.spec is not None for first, _, _ in firsts):
+        spec = layout.spec.with_num_layers(tuple(
+            flag for first, a, n in firsts for flag in first.spec.sliding_layers[a:a + n]))
+    layer_types = None
+    if all(first.layer_types is not None for first, _, _ in firsts):
+        layer_types = [kind for first, a, n in firsts for kind in first.layer_types[a:a + n]]
     return MergePlan(
-        method=method, config=cfg, text=text, spec=spec, hf_config=reader.config,
-        models=tuple(models.readers), ops=_ops(cfg, method, slices, spec, where),
-        tokenizer_dir=_tokenizer_dir(cfg, config_dir, spec.vocab_size, where),
-        read_dtype=cfg.dtype,
-        out_dtype=cfg.out_dtype or cfg.dtype or reader.dtype(global_hf_name("embed")))
+        method=method, config=cfg, text=text, spec=spec,
+        num_layers=sum(sl.length for sl in slices), layer_types=layer_types,
+        hf_config=layout.config, models=tuple(models.readers),
+        ops=_ops(cfg, method, slices, layout, where),
+        tokenizer_dir=_tokenizer_dir(cfg, config_dir, layout.vocab_size, where),
+        read_dtype=cfg.dtype, out_dtype=cfg.out_dtype, warnings=warnings)
 
 
 def load_plan(path: str | Path) -> MergePlan:

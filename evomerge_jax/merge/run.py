@@ -1,8 +1,11 @@
 """Execute a `MergePlan` tensor by tensor into a Hugging Face model dir.
 
-For each output tensor only its inputs are read (`TensorReader`), rounded to the config's `dtype`
-when one is set, merged by `merge_tensor` in float32 and cast to the output dtype, then streamed
-into the safetensors shards. The dir is built beside OUT_DIR and renamed into place (`atomic_dir`),
+For each output tensor only its inputs are read (`TensorReader`), rounded to its working dtype,
+merged by `merge_tensor` in float32, rounded to the working dtype again and cast to the output
+dtype, then streamed into the safetensors shards. As in mergekit 0.1.5 (checked against its
+outputs): the working dtype is the config's `dtype`, else the tensor's input dtypes promoted as
+torch promotes them (bfloat16 + float32 -> float32, bfloat16 + float16 -> float32); the output
+dtype is `out_dtype`, else the working dtype. The dir is built beside OUT_DIR and renamed into place (`atomic_dir`),
 so an error leaves nothing behind and an existing dir untouched.
 
 Random methods draw from `fold_in(key(seed), stable hash of the output tensor name)`: a run is
@@ -21,6 +24,7 @@ import numpy as np
 
 from evomerge_jax.checkpoint import DTYPES, TensorReader, output_config, write_hf_dir
 from evomerge_jax.fileio import DEFAULT_SHARD_SIZE, parse_size
+from evomerge_jax.merge import layout
 from evomerge_jax.merge.methods import merge_tensor
 from evomerge_jax.merge.plan import MergePlan, TensorOp
 from evomerge_jax.merge.task_arithmetic import PRESETS
@@ -53,8 +57,23 @@ def _progress(total: int, quiet: bool) -> Iterator:
         yield lambda name: bar.update(task, advance=1, description=name)
 
 
-def _read(readers: dict[Path, TensorReader], plan: MergePlan, ref) -> np.ndarray:
-    cast = DTYPES[plan.read_dtype] if plan.read_dtype else None
+def promoted_dtype(dtypes) -> str:
+    """torch's promotion over floating dtypes: one dtype stays; float64 wins; any other mix
+    (bfloat16 with float16 or float32, float16 with float32) is float32."""
+    kinds = set(dtypes)
+    if len(kinds) == 1:
+        return kinds.pop()
+    return "float64" if "float64" in kinds else "float32"
+
+
+def _working_dtype(plan: MergePlan, readers: dict[Path, TensorReader], refs) -> str:
+    if plan.read_dtype:
+        return plan.read_dtype
+    return promoted_dtype(readers[ref.model].dtype(ref.tensor) for ref in refs)
+
+
+def _read(readers: dict[Path, TensorReader], working: str, ref) -> np.ndarray:
+    cast = None if working == "float64" else DTYPES[working]
     return readers[ref.model].read(ref.tensor, cast)
 
 
@@ -90,12 +109,13 @@ def merge_op(plan: MergePlan, op: TensorOp, seed: int) -> np.ndarray:
     the model files are opened for this tensor and closed after it, so that their mapped pages
     do not pile up in memory over the run."""
     refs = ([op.base] if op.base else []) + list(op.sources)
-    readers = {ref.model: TensorReader(ref.model) for ref in refs}
-    base = None if op.base is None else np.asarray(_read(readers, plan, op.base), np.float32)
+    readers = {ref.model: TensorReader(ref.model, need_spec=False) for ref in refs}
+    working = _working_dtype(plan, readers, refs)
+    base = None if op.base is None else np.asarray(_read(readers, working, op.base), np.float32)
     shape = readers[refs[0].model].shape(refs[0].tensor)
     sources_k = np.empty((len(op.sources),) + shape, np.float32)
     for k, ref in enumerate(op.sources):
-        sources_k[k] = _read(readers, plan, ref)
+        sources_k[k] = _read(readers, working, ref)
     del readers
     key = merge_tensor_key(seed, op.name) if plan.method.random else None
     tables = _magnitude_tables(plan.method.name, base, sources_k)
@@ -109,21 +129,32 @@ def merge_op(plan: MergePlan, op: TensorOp, seed: int) -> np.ndarray:
     else:
         merged = merge_tensor(plan.method.name, base, sources_k, op.params, key, **op.options,
                               **tables)
-    return np.asarray(merged).astype(jnp.dtype(plan.out_dtype), copy=False)
+    rounded = np.asarray(merged).astype(jnp.dtype(working), copy=False)
+    return rounded.astype(jnp.dtype(plan.out_dtype or working), copy=False)
 
 
-def run_plan(plan: MergePlan, out_dir: str | Path, *, seed: int = 0, shard_size: int | str = DEFAULT_SHARD_SIZE,
-             overwrite: bool = False, quiet: bool = False) -> Path:
+def run_plan(plan: MergePlan, out_dir: str | Path, *, seed: int = 0,
+             shard_size: int | str = DEFAULT_SHARD_SIZE, overwrite: bool = False,
+             quiet: bool = False) -> Path:
     """Write the merged model to `out_dir`: shards, config.json, tokenizer files, and the config
     it ran as mergekit_config.yml (as mergekit does)."""
     parse_size(shard_size)  # a bad size fails before any tensor is merged
-    cfg = output_config(dict(plan.hf_config), plan.spec, jnp.dtype(plan.out_dtype))
+    written = []  # dtypes, for config.json when neither dtype nor out_dtype is set
+
+    def config() -> dict:  # after the tensors: it may need the dtype they were written in
+        dtype = plan.out_dtype or plan.read_dtype or written[0]
+        if plan.spec is None:  # a family merged by tensor names alone (merge/layout.py)
+            return layout.output_config(plan.hf_config, plan.num_layers, plan.layer_types, dtype)
+        return output_config(dict(plan.hf_config), plan.spec, jnp.dtype(dtype))
+
     with _progress(len(plan.ops), quiet) as advance:
         def tensors():
             for op in plan.ops:
-                yield op.name, merge_op(plan, op, seed)
+                merged = merge_op(plan, op, seed)
+                written.append(merged.dtype.name)
+                yield op.name, merged
                 advance(op.name)
 
-        return write_hf_dir(out_dir, tensors(), cfg, tokenizer_from=plan.tokenizer_dir,
+        return write_hf_dir(out_dir, tensors(), config, tokenizer_from=plan.tokenizer_dir,
                             overwrite=overwrite, shard_size=shard_size,
                             extra_files={"mergekit_config.yml": plan.text})
