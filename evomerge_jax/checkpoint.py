@@ -11,12 +11,19 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from .arch import (IGNORED_SUFFIXES, SUPPORTED_ARCHITECTURES, ModelSpec, config_with_num_layers,
-                   hf_tensor_names, spec_from_config)
+from .arch import (
+    IGNORED_SUFFIXES,
+    SUPPORTED_ARCHITECTURES,
+    ModelSpec,
+    config_with_num_layers,
+    hf_tensor_names,
+    spec_from_config,
+)
 from .errors import CheckpointError, ConfigError
 from .fileio import DEFAULT_SHARD_SIZE, atomic_dir, parse_size, write_safetensors_shards
 
@@ -41,7 +48,6 @@ class Checkpoint:
         return self.params["embed"].dtype
 
     def num_parameters(self) -> int:
-        import jax
         return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.params))
 
 

@@ -22,8 +22,11 @@ import shutil
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import yaml
+from rich.table import Table
+from safetensors import safe_open
 
 from .checkpoint import read_config
 from .evolve.config import load_config
@@ -128,8 +131,6 @@ def pct(fraction: float) -> float:
 
 def model_size(model_dir) -> tuple[int, int]:
     """(layers, parameters) of an HF dir, from config.json and the safetensors headers."""
-    from safetensors import safe_open
-
     root = Path(model_dir)
     layers = json.loads((root / "config.json").read_text())["num_hidden_layers"]
     params = 0
@@ -151,8 +152,6 @@ def _search(config: Path, log, progress: bool) -> Path:
 
 
 def _table(rows: list[dict], title: str):
-    from rich.table import Table
-
     table = Table(title=title)
     for col, just in [("model", "left"), ("kind", "left"), ("l2_math", "right"),
                       ("l2_general", "right"), ("layers", "right"), ("parameters", "right")]:
@@ -213,7 +212,7 @@ def plot_demo(rows: list[dict], logs: dict, out: Path) -> Path:
 
 def generate_answer(model_dir, prompt: str, max_new_tokens: int = 16) -> str:
     """Greedy answer of an HF dir loaded with transformers (AutoModelForCausalLM, AutoTokenizer)."""
-    import torch
+    import torch  # an optional dependency (the test oracle): only this check needs it
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
@@ -229,8 +228,6 @@ def generate_answer(model_dir, prompt: str, max_new_tokens: int = 16) -> str:
 def _persistent_compile_cache(path: Path) -> None:
     """Keep compiled XLA programs on disk: a second demo run (zoo cached) skips most compiling,
     which on a CPU costs as much as the searches themselves."""
-    import jax
-
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", str(path))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -17,6 +17,7 @@ _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
 def plot_path(path: LayerPath, out_png: str | Path, title: str | None = None) -> Path:
+    # matplotlib loads on first plot, not with the engine (it takes a second or more to import)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

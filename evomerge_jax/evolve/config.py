@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from evosax.algorithms import algorithms
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -117,8 +118,6 @@ class StrategySection(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        from evosax.algorithms import algorithms
-
         if self.name not in algorithms:
             raise ValueError(f"unknown evosax algorithm {self.name!r}; choose one of "
                              f"{', '.join(sorted(algorithms, key=str.lower))}")

@@ -16,6 +16,7 @@ from functools import partial
 
 import jax
 import numpy as np
+import psutil
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ..arch import ModelSpec
@@ -79,8 +80,6 @@ def available_memory(device) -> int:
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    import psutil
-
     return int(psutil.virtual_memory().available * 0.5)
 
 

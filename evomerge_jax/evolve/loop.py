@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..fileio import atomic_write_text
 from ..parallel.distributed import is_main
@@ -188,14 +189,6 @@ class _progress:
         self.bar = None
         if not enabled:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
         self.bar = Progress(TextColumn("gen"), MofNCompleteColumn(), BarColumn(),
                             TextColumn("{task.fields[info]}"), TimeRemainingColumn())
         self.task = self.bar.add_task("evolve", total=total, completed=start, info="")

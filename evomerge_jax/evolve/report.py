@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 
 def read_log(path: Path) -> list[dict]:
@@ -14,6 +16,8 @@ def read_log(path: Path) -> list[dict]:
 
 
 def pyplot():
+    """matplotlib's pyplot on the headless Agg backend (chosen before pyplot is first imported,
+    so here, on first use, rather than at module import)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,8 +72,6 @@ def plot_recipe(recipe: dict, out: Path) -> Path:
 
 def score_table(rows: dict[str, dict], title: str = "scores"):
     """rows: model label -> {split: {task: {metric: value}}} -> a rich Table."""
-    from rich.table import Table
-
     columns = []
     for scores in rows.values():
         for split, tasks in scores.items():
@@ -91,6 +93,4 @@ def score_table(rows: dict[str, dict], title: str = "scores"):
 
 
 def print_table(table) -> None:
-    from rich.console import Console
-
     Console(width=max(100, 14 * len(table.columns))).print(table)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from evosax.algorithms import algorithms as _REGISTRY
 from evosax.algorithms.population_based.base import PopulationBasedAlgorithm
 
@@ -134,8 +135,6 @@ def _algorithm(name: str, population: int, num_dims: int, sigma: float, options:
     cls, kwargs = _REGISTRY[name], dict(options)
     signature = inspect.signature(cls.__init__).parameters
     if "std_schedule" in signature:
-        import optax
-
         kwargs["std_schedule"] = optax.constant_schedule(sigma)
     if "sampling_fn" in signature:  # RandomSearch: uniform over the genome box
         kwargs["sampling_fn"] = lambda key: jax.random.uniform(key, (num_dims,))

@@ -192,7 +192,7 @@ def load_tasks(tasks, tokenizer, context: int | None) -> tuple[TaskData, ...]:
 
 def load_tokenizer(path: Path):
     """transformers' AutoTokenizer from a local dir, offline."""
-    import transformers
+    import transformers  # imported on first use: it takes seconds, and `plan` may not need it
 
     try:
         return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -21,6 +21,8 @@ from typing import Iterator
 
 import jax.numpy as jnp
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from evomerge_jax.checkpoint import DTYPES, TensorReader, output_config, write_hf_dir
 from evomerge_jax.fileio import DEFAULT_SHARD_SIZE, parse_size
@@ -40,15 +42,6 @@ _JIT_MIN_ELEMENTS = 1 << 23
 @contextmanager
 def _progress(total: int, quiet: bool) -> Iterator:
     """A rich progress bar over tensors on stderr, off when quiet or not a terminal."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     console = Console(stderr=True)
     with Progress(TextColumn("merging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.description}"), console=console,

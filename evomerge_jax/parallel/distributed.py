@@ -28,6 +28,8 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from ..errors import EvomergeError
 
@@ -77,8 +79,6 @@ def is_main() -> bool:
 def barrier(name: str) -> None:
     """Wait for every process (no-op when alone): after process 0 writes what others read."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -87,9 +87,6 @@ def agree(values: tuple[int, ...]) -> tuple[int, ...]:
     not differ: every process has to run the very same programs)."""
     if jax.process_count() == 1:
         return tuple(values)
-    import numpy as np
-    from jax.experimental import multihost_utils
-
     return tuple(int(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values)))
 
 

@@ -22,6 +22,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import define_prng_impl
 
 _GOLDEN = 0x9E3779B9
 _C1, _C2 = 0x85EBCA6B, 0xC2B2AE35
@@ -82,8 +83,6 @@ def _seed(seed):
 @functools.cache
 def hash_impl():
     """The registered implementation (created once per process, on first use)."""
-    from jax.extend.random import define_prng_impl
-
     return define_prng_impl(key_shape=(2,), seed=_seed, split=_split, random_bits=_random_bits,
                             fold_in=_fold_in, name="evomerge_hash", tag="emh")
 

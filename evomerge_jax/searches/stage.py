@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import yaml
 
@@ -33,8 +34,6 @@ from ..parallel.mesh import device_bytes, make_mesh, mesh_sizes
 def check_mesh(cfg: EvolveConfig) -> None:
     """Explicit mesh sizes must use every device: checked before anything is written."""
     if cfg.compute.mesh != "auto":
-        import jax
-
         mesh_sizes(cfg.compute.mesh, jax.device_count(), lambda m: 0, 0)
 
 
@@ -85,8 +84,6 @@ def start_run_dir(cfg: EvolveConfig, resume: bool, overwrite: bool) -> Path:
 def build_mesh(cfg: EvolveConfig, search, devices=None, log=print):
     """The (pop, model) mesh over `devices` (default: every process's devices) from
     `compute.mesh`; under `auto` the weights' size picks the model axis (mesh.mesh_sizes)."""
-    import jax
-
     devices = list(devices or jax.devices())
     spec, shapes = search.weight_layout()
     pop, model = mesh_sizes(cfg.compute.mesh, len(devices),
@@ -164,8 +161,6 @@ def finish(cfg, search, evaluator, tasks, tokenizer, best: Best, run_dir: Path, 
 
 def score_model(model_dir, tasks, tokenizer, splits, dtype=None, log=print) -> dict:
     """One model dir on the tasks' splits: {split: {task: {metric: float}}}."""
-    import jax
-
     ckpt = load(model_dir, dtype)
     # A plain model is one candidate: one device, no replication.
     evaluator = Evaluator(PlainModel(ckpt.spec), ckpt.params, tasks, tokenizer,

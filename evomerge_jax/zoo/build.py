@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..checkpoint import Checkpoint, save
 from ..fileio import atomic_dir
@@ -129,14 +130,6 @@ class _Progress:
     def __init__(self, enabled: bool, total: int):
         self.bar = None
         if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
             self.bar = Progress(TextColumn("zoo {task.description}"), BarColumn(),
                                 MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
             self.task = self.bar.add_task("training", total=total)
