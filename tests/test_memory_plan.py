@@ -1,4 +1,4 @@
-"""The memory planner (`evomerge plan`, evolve/memory_plan.py) against XLA's own buffer assignment
+"""The memory planner (`evomerge plan`, searches/plan.py) against XLA's own buffer assignment
 of the compiled population pass, its refusals, and its promise never to read tensor data."""
 
 from __future__ import annotations

@@ -20,6 +20,18 @@ from evomerge_jax.searches.run import evolve
 TIMEOUT_S = 300
 
 
+def test_importing_the_cli_leaves_the_backend_to_jax_distributed():
+    """`jax.distributed.initialize` must run before anything starts JAX's backend; the CLI calls
+    it after its imports, so no module may touch the backend at import (evosax does: it loads on
+    first use)."""
+    probe = ("import evomerge_jax.cli, evomerge_jax.demo\n"
+             "from jax._src import xla_bridge\n"
+             "assert not xla_bridge._backends, 'a module started the backend at import'\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from evosax.algorithms import algorithms
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,6 +24,7 @@ from pydantic import (
 
 from ..errors import ConfigError
 from ..merge.task_arithmetic import PRESETS
+from .strategy import algorithms
 from .task_types import TASK_TYPES
 
 # Parameter-space bounds [low, high] used when the config gives none.
@@ -118,9 +118,10 @@ class StrategySection(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.name not in algorithms:
+        names = algorithms()  # evolve/strategy.py: evosax loads on first use
+        if self.name not in names:
             raise ValueError(f"unknown evosax algorithm {self.name!r}; choose one of "
-                             f"{', '.join(sorted(algorithms, key=str.lower))}")
+                             f"{', '.join(sorted(names, key=str.lower))}")
         if self.population_size == 1:
             raise ValueError("population_size must be at least 2")
         return self
@@ -131,11 +132,13 @@ class StrategySection(_Strict):
 
 
 # The paper's DFS stage (Akiba et al. 2025, section 3.2): CMA-ES, population 128, 100 generations.
-DFS_STRATEGY = StrategySection(name="CMA_ES", population_size=128, generations=100)
+# Built unvalidated (the values are known good): validating would load evosax at import (see
+# strategy._evosax).
+DFS_STRATEGY = StrategySection.model_construct(name="CMA_ES", population_size=128, generations=100)
 
 
 class DFSSection(_Strict):
-    """Data-flow-space search (see evolve/dfs_search.py): a path through models A and B's layers
+    """Data-flow-space search (see dfs/search.py): a path through models A and B's layers
     repeated r times. `search: dfs`: A and B default to the first two `models`; `search: ps+dfs`:
     A is the PS stage's result (not configurable) and B defaults to the first of `models`."""
 
@@ -201,7 +204,7 @@ class TaskSection(_Strict):
 
 class MeshSection(_Strict):
     """The device mesh: `pop` devices score different candidates, `model` devices split each
-    weight tensor (see evolve/mesh.py). `pop` defaults to the devices left over by `model`."""
+    weight tensor (see parallel/mesh.py). `pop` defaults to the devices left over by `model`."""
 
     pop: PositiveInt | None = None
     model: PositiveInt = 1
@@ -222,7 +225,7 @@ class EvolveConfig(_Strict):
     tokenizer: Path | None = None
     merge: MergeSection = MergeSection()
     grouping: GroupingSection = GroupingSection()
-    strategy: StrategySection = StrategySection()
+    strategy: StrategySection = Field(default_factory=StrategySection)
     tasks: tuple[TaskSection, ...] = Field(min_length=1)
     compute: ComputeSection = ComputeSection()
     dfs: DFSSection | None = None

@@ -22,8 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from evosax.algorithms import algorithms as _REGISTRY
-from evosax.algorithms.population_based.base import PopulationBasedAlgorithm
 
 from ..errors import ConfigError
 from ..parallel.seeds import STRATEGY_STREAM
@@ -33,8 +31,21 @@ _RESERVED = {"self", "population_size", "solution", "fitness_shaping_fn", "metri
              "std_schedule", "sampling_fn", "params", "params_path"}
 
 
+@functools.cache
+def _evosax():
+    """(evosax's algorithm registry, its population-based base class), imported on first use and
+    not with this module: importing evosax builds arrays, which starts JAX's backend, and a
+    multi-process run must call `jax.distributed.initialize` before anything does that
+    (parallel/distributed.py)."""
+    from evosax.algorithms import algorithms as registry
+    from evosax.algorithms.population_based.base import PopulationBasedAlgorithm
+
+    return registry, PopulationBasedAlgorithm
+
+
 def algorithms() -> dict:
-    return dict(_REGISTRY)
+    """evosax's algorithms by name."""
+    return dict(_evosax()[0])
 
 
 @dataclass
@@ -120,7 +131,7 @@ def build_strategy(cfg, num_dims: int) -> Strategy:
     if "std_init" in fields and "std_init" not in updates:
         updates["std_init"] = jnp.asarray(cfg.sigma, jnp.float32)
     params = params.replace(**updates) if updates else params
-    population_based = isinstance(algo, PopulationBasedAlgorithm)
+    population_based = isinstance(algo, _evosax()[1])
     if not population_based and "std_init" not in fields and "std_schedule" not in signature:
         notes.append(f"{name} has no step size: strategy.sigma is not used")
     return Strategy(algo, params, population_based, float(cfg.sigma), tuple(notes),
@@ -132,7 +143,7 @@ def _algorithm(name: str, population: int, num_dims: int, sigma: float, options:
     """One evosax algorithm object per configuration: evosax jits `ask`/`tell` with the object as
     a static argument, so reusing it (a resumed run in the same process) reuses their compiled
     code. The objects hold configuration only; their state lives in the returned pytrees."""
-    cls, kwargs = _REGISTRY[name], dict(options)
+    cls, kwargs = _evosax()[0][name], dict(options)
     signature = inspect.signature(cls.__init__).parameters
     if "std_schedule" in signature:
         kwargs["std_schedule"] = optax.constant_schedule(sigma)

@@ -1,7 +1,7 @@
 """The memory model: bytes per device of a population pass, from shapes alone.
 
 Every byte formula of the engine lives here: `PSModel.memory`, `DFSModel.memory` and
-`Evaluator._plan` call these functions, and `evomerge plan` (memory_plan.py) applies them to a
+`Evaluator._plan` call these functions, and `evomerge plan` (searches/plan.py) applies them to a
 config without loading any weight.
 
 What a device holds during the pass (docs/design.md §2.3):
