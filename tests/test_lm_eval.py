@@ -72,7 +72,7 @@ def test_chat_template_scores_equal_the_hf_backend(smollm2, include):
     from evomerge_jax.lm_eval import EvomergeLM
 
     model = EvomergeLM(str(smollm2), batch_size=8)
-    assert model.chat_template() == model.tokenizer.chat_template
+    assert model.chat_template(True) == model.tokenizer.chat_template
     assert model.apply_chat_template([{"role": "user", "content": "Hi"}]).endswith(
         "<|im_start|>assistant\n")
     options = dict(limit=5, apply_chat_template=True)
@@ -80,8 +80,7 @@ def test_chat_template_scores_equal_the_hf_backend(smollm2, include):
                                    task_manager=TaskManager(include_path=str(include)), **options)
     theirs = _hf(smollm2, include, ["em_gen"], **options)
     _assert_same_metrics(ours, theirs, ["em_gen"])
-    assert ours["config"]["chat_template"] and ours["config"]["tokenizer_name"] == \
-        model.tokenizer_name
+    assert model.tokenizer_name == str(smollm2).replace("/", "__")  # lm-eval's cache key
 
 
 def test_registered_with_lm_eval():
