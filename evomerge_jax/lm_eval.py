@@ -62,14 +62,21 @@ def continuation_scores(params, spec, tokens_bs, mask_bs, targets_bs, scored_bs)
 class EvomergeLM(TemplateLM):
     """lm-eval model args: `pretrained` (a model dir), `dtype` (float32, float16, bfloat16; default
     the checkpoint's), `batch_size` (rows per device call, default 8), `max_length` (default as
-    the hf backend resolves it), `max_gen_toks` (default 256), `add_bos_token`."""
+    the hf backend resolves it), `max_gen_toks` (default 256), `add_bos_token`. lm-eval's
+    `device` and `max_batch_size` are accepted and ignored (JAX places the arrays)."""
 
     _DEFAULT_MAX_LENGTH = 2048
 
     def __init__(self, pretrained, dtype: str | None = None, batch_size: int | str = 8,
                  max_length: int | None = None, max_gen_toks: int = 256,
-                 add_bos_token: bool | None = None, **unused):
+                 add_bos_token: bool | None = None, device: str | None = None,
+                 max_batch_size: int | None = None, **unknown):
         super().__init__()
+        if unknown:  # a typo in model_args must not pass silently
+            raise ConfigError(f"evomerge lm-eval model: unknown model_args "
+                              f"{', '.join(sorted(unknown))} (known: pretrained, dtype, batch_size, "
+                              "max_length, max_gen_toks, add_bos_token)")
+        del device, max_batch_size  # lm-eval passes them; JAX places arrays on its own devices
         from transformers import AutoConfig, AutoTokenizer
 
         self.ckpt = load(pretrained, dtype=None if dtype in (None, "auto") else str(dtype))
@@ -149,7 +156,8 @@ class EvomergeLM(TemplateLM):
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
     # --- scoring ----------------------------------------------------------------------------
-    def score_token_pairs(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def score_token_pairs(self, pairs: list[tuple[list[int], list[int]]]
+                          ) -> list[tuple[float, bool]]:
         """(log P(continuation | context), is_greedy) per (context ids, continuation ids) pair.
         Rows longer than max_length + 1 lose tokens on the left, as in the hf backend."""
         rows = []
@@ -212,9 +220,9 @@ class EvomergeLM(TemplateLM):
             special = {"add_special_tokens": False}
         elif self.add_bos_token is not None:
             special = {"add_special_tokens": self.add_bos_token}
-        encoded = [self.tokenizer.encode(c, **special) for c in contexts]
-        longest = max(len(e) for e in encoded)
-        encoded = [e[-max_ctx_len:] if longest > max_ctx_len else e for e in encoded]
+        # the hf backend keeps the last max_ctx_len columns of the left-padded batch: the same
+        # as each row's last max_ctx_len tokens
+        encoded = [self.tokenizer.encode(c, **special)[-max_ctx_len:] for c in contexts]
         width = bucket(max(len(e) for e in encoded), max_ctx_len)
         tokens = np.full((self.batch_size, width), self.pad_id, np.int32)
         mask = np.zeros((self.batch_size, width), np.int32)

@@ -83,11 +83,19 @@ def test_chat_template_scores_equal_the_hf_backend(smollm2, include):
     assert model.tokenizer_name == str(smollm2).replace("/", "__")  # lm-eval's cache key
 
 
-def test_registered_with_lm_eval():
+def test_registered_with_lm_eval(smollm2):
+    """lm-eval builds the model by name from a model_args string, as `simple_evaluate(model=
+    "evomerge", model_args=...)` and `lm_eval --model evomerge` do."""
     from lm_eval.api.registry import get_model
 
+    from evomerge_jax.errors import ConfigError
     from evomerge_jax.lm_eval import EvomergeLM
     assert get_model("evomerge") is EvomergeLM
+    model = EvomergeLM.create_from_arg_string(f"pretrained={smollm2},max_length=512",
+                                              {"batch_size": 4, "device": "cpu"})
+    assert (model.batch_size, model.max_length, model.ckpt.spec.num_layers) == (4, 512, 30)
+    with pytest.raises(ConfigError, match="unknown model_args batchsize"):
+        EvomergeLM.create_from_arg_string(f"pretrained={smollm2},batchsize=4")
 
 
 def _error(capsys, argv) -> str:
