@@ -16,14 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from .arch import (
-    IGNORED_SUFFIXES,
-    SUPPORTED_ARCHITECTURES,
-    ModelSpec,
-    config_with_num_layers,
-    hf_tensor_names,
-    spec_from_config,
-)
+from .arch import (IGNORED_SUFFIXES, SUPPORTED_ARCHITECTURES, ModelSpec, config_with_num_layers,
+                    hf_tensor_names, spec_from_config)
 from .errors import CheckpointError, ConfigError
 from .fileio import DEFAULT_SHARD_SIZE, atomic_dir, parse_size, write_safetensors_shards
 

@@ -15,14 +15,7 @@ import numpy as np
 
 from .arch import ModelSpec
 from .errors import EvomergeError
-from .model import (
-    decoder_layer,
-    embed,
-    make_context,
-    positions_from_mask,
-    sliding_flags,
-    unembed,
-)
+from .model import decoder_layer, embed, make_context, positions_from_mask, sliding_flags, unembed
 
 
 def _run_layers(params, spec: ModelSpec, h, ctx, caches, cache_index):

@@ -12,23 +12,10 @@ checkpoint.
 """
 
 from .export import fold_path, known_path_target, save_path_model
-from .forward import (
-                      logits_of_path,
-                      path_hidden,
-                      path_logits,
-                      population_hidden,
-                      population_logits,
-                      run_slots,
-)
+from .forward import (logits_of_path, path_hidden, path_logits, population_hidden,
+                      population_logits, run_slots)
 from .generate import path_generate, population_generate, slots_generate
-from .genome import (
-                      DecodedPath,
-                      PathSpec,
-                      decode,
-                      decode_population,
-                      genome_for,
-                      initial_genome,
-)
+from .genome import DecodedPath, PathSpec, decode, decode_population, genome_for, initial_genome
 from .path import LayerPath, decode_path, decode_paths
 from .plot import plot_path
 from .stack import check_compatible, path_spec_for, stack_sources

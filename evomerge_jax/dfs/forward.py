@@ -20,15 +20,8 @@ import numpy as np
 from ..arch import ModelSpec
 from ..checkpoint import Checkpoint
 from ..errors import ConfigError
-from ..model import (
-    Context,
-    decoder_layer,
-    embed,
-    make_context,
-    positions_from_mask,
-    sliding_flags,
-    unembed,
-)
+from ..model import (Context, decoder_layer, embed, make_context, positions_from_mask,
+                     sliding_flags, unembed)
 from .genome import PathSpec, decode_population
 from .path import LayerPath
 

@@ -36,13 +36,7 @@ import jax.numpy as jnp
 from ..arch import ModelSpec
 from ..generation import greedy_loop
 from ..merge.methods import merge_tensor
-from ..model import (
-    decoder_layer,
-    make_context,
-    positions_from_mask,
-    sliding_flags,
-    unembed,
-)
+from ..model import decoder_layer, make_context, positions_from_mask, sliding_flags, unembed
 from ..model import embed as embed_tokens
 from ..parallel.memory_model import Workload, ps_candidate_bytes, shared_merge_bytes
 from ..parallel.seeds import tensor_key

@@ -23,22 +23,9 @@ from ..evolve.task_types import TASK_TYPES
 from ..evolve.tasks import load_task, load_tokenizer, pad_to
 from ..fileio import parse_size
 from ..merge.task_arithmetic import PRESETS
-from ..parallel.memory_model import (
-    DTYPE_BYTES,
-    F32,
-    Bytes,
-    GiB,
-    TaskShape,
-    Workload,
-    choose_chunk,
-    dfs_candidate_bytes,
-    model_elements,
-    pass_bytes,
-    ps_candidate_bytes,
-    shape_of,
-    shared_merge_bytes,
-    workloads,
-)
+from ..parallel.memory_model import (DTYPE_BYTES, F32, Bytes, GiB, TaskShape, Workload,
+                                     choose_chunk, dfs_candidate_bytes, model_elements, pass_bytes,
+                                     ps_candidate_bytes, shape_of, shared_merge_bytes, workloads)
 from ..parallel.mesh import mesh_sizes
 from ..ps.genome import make_layout
 from ..ps.search import check_models

@@ -41,7 +41,6 @@ def prepare_ps_dfs(cfg: EvolveConfig, log=print):
     """Every check of both stages before any compute (the base model stands in for the PS result
     as DFS's model A). Returns the two stages' (search, tasks, tokenizer, strategy)."""
     ps_cfg, dfs_cfg = stage_configs(cfg)
-    check_mesh(cfg)
     return prepare_ps(ps_cfg, log), prepare_dfs(dfs_cfg, log, a_stand_in=Path(cfg.base_model))
 
 
@@ -50,6 +49,7 @@ def evolve_ps_dfs(cfg: EvolveConfig, *, resume: bool = False, overwrite: bool = 
     (also written to RUN_DIR/results.json). `kwargs`: those of `stage.evolve_stage`."""
     log = kwargs.get("log", print)
     ps_cfg, dfs_cfg = stage_configs(cfg)
+    check_mesh(cfg)
     prepare_ps_dfs(cfg, log)
     run_dir = start_run_dir(cfg, resume, overwrite)
     ps_dir, model_dir = Path(ps_cfg.output_dir), Path(dfs_cfg.dfs.a)

@@ -19,13 +19,7 @@ from ..errors import ConfigError
 from ..evolve.config import EvolveConfig, dump_config, load_config
 from ..evolve.evaluate import Evaluator, PlainModel, available_memory
 from ..evolve.loop import Best, run_search
-from ..evolve.report import (
-    plot_fitness,
-    plot_recipe,
-    print_table,
-    read_log,
-    score_table,
-)
+from ..evolve.report import plot_fitness, plot_recipe, print_table, read_log, score_table
 from ..fileio import atomic_write_text
 from ..parallel.distributed import agree, barrier, is_main
 from ..parallel.mesh import device_bytes, make_mesh, mesh_sizes
