@@ -74,6 +74,11 @@ class Best:
     def read(cls, path: Path) -> "Best":
         return cls(**json.loads(Path(path).read_text()))
 
+    def note(self) -> str:
+        """Where it came from, for the exported recipe."""
+        return (f"generation {self.generation}, candidate {self.candidate}, validation score "
+                f"{self.validation:.6g}")
+
 
 def _summary(values: np.ndarray) -> dict:
     finite = values[np.isfinite(values)]

@@ -135,10 +135,9 @@ def finish(cfg, search, evaluator, tasks, tokenizer, best: Best, run_dir: Path, 
                         "recipe": search.describe(best.genome)},
                "scores": rows}
     if is_main():
-        note = (f"generation {best.generation}, candidate {best.candidate}, validation score "
-                f"{best.validation:.6g}")
         if export:
-            search.export(best.genome, best.key, run_dir / "best", overwrite=True, note=note)
+            search.export(best.genome, best.key, run_dir / "best", overwrite=True,
+                          note=best.note())
         if cfg.baselines:
             for label, path in [("base", cfg.base_model),
                                 *[(Path(m).name, m) for m in cfg.models]]:
@@ -172,8 +171,6 @@ def export_stage(run_dir, search_for, out_dir, *, overwrite: bool = False, log=p
         raise ConfigError(f"{run_dir}: the run has no best candidate yet (no best.json)")
     best = Best.read(run_dir / "best.json")
     search = search_for(cfg)
-    note = (f"generation {best.generation}, candidate {best.candidate}, validation score "
-            f"{best.validation:.6g}")
-    out = search.export(best.genome, best.key, out_dir, overwrite=overwrite, note=note)
+    out = search.export(best.genome, best.key, out_dir, overwrite=overwrite, note=best.note())
     log(f"wrote {out} (dtype {search.dtype})")
     return out
