@@ -68,7 +68,7 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    export_run(args.run_dir, args.out_dir, overwrite=args.overwrite)
+    export_run(args.run_dir, args.out_dir, overwrite=args.overwrite, point=args.point)
     return 0
 
 
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", type=Path)
     export.add_argument("out_dir", type=Path)
     export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    export.add_argument("--point", type=int, metavar="K",
+                        help="a pareto run: export point K of its front (pareto.json)")
     export.set_defaults(func=_cmd_export)
     evaluate = sub.add_parser(
         "eval", help="score a model dir on an evolve config's tasks or on lm-eval tasks",

@@ -212,7 +212,7 @@ class ComputeSection(_Strict):
 
 
 class EvolveConfig(_Strict):
-    search: Literal["ps", "dfs", "ps+dfs"] = "ps"
+    search: Literal["ps", "dfs", "ps+dfs", "pareto"] = "ps"
     base_model: Path
     models: tuple[Path, ...] = Field(min_length=1)
     tokenizer: Path | None = None
@@ -224,6 +224,8 @@ class EvolveConfig(_Strict):
     dfs: DFSSection | None = None
     output_dir: Path
     baselines: bool = True
+    # search pareto (searches/pareto.py): the tasks whose scores are the objectives of NSGA-II
+    objectives: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _check(self):
@@ -244,6 +246,27 @@ class EvolveConfig(_Strict):
                                  "least two models")
         if self.search == "ps+dfs" and dfs.a is not None:
             raise ValueError("dfs.a cannot be set under ps+dfs: model A is the PS stage's result")
+        return self
+
+    @model_validator(mode="after")
+    def _check_objectives(self):
+        names = [t.name for t in self.tasks]
+        if self.search != "pareto":
+            if self.objectives:
+                raise ValueError("objectives apply to search pareto only")
+            return self
+        if len(self.objectives) < 2 or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError("search pareto needs objectives: two or more distinct task names, "
+                             f"got {list(self.objectives)}")
+        unknown = [o for o in self.objectives if o not in names]
+        if unknown:
+            raise ValueError(f"objectives: {', '.join(unknown)} not among the tasks "
+                             f"({', '.join(names)})")
+        if self.dfs is not None:
+            raise ValueError("the dfs section applies to search dfs or ps+dfs, not pareto")
+        if "name" in self.strategy.model_fields_set:
+            raise ValueError("search pareto selects by NSGA-II: strategy.name does not apply "
+                             "(population_size, generations, mean, sigma and seed do)")
         return self
 
 

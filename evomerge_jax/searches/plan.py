@@ -145,7 +145,7 @@ class _Stage:
 
 
 def _stage(cfg, a_stand_in=None) -> _Stage:
-    if cfg.search == "ps":
+    if cfg.search in ("ps", "pareto"):  # pareto: PS's genome and population pass
         spec, hf_config = check_models(cfg)
         k = len(cfg.models)
         return _Stage(spec, k, PRESETS[cfg.merge.method].uses_tables, 0,

@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..dfs.search import dfs_search_for, prepare_dfs
 from ..ps.search import prepare_ps, ps_search_for
+from .pareto import prepare_pareto, run_pareto
 from .ps_dfs import evolve_ps_dfs, prepare_ps_dfs
 
 
@@ -20,7 +21,8 @@ class SearchEntry:
     summary: str
     prepare: Callable  # (cfg, log) -> what the run needs, every input checked, no weights read
     search_for: Callable | None = None  # cfg -> its `Search` with no weights (export)
-    run: Callable | None = None  # a multi-stage search's runner; None: one `stage.evolve_stage`
+    run: Callable | None = None  # a runner of its own (several stages, or its own loop such as
+    # pareto's); None: one `stage.evolve_stage`
     result_stage: str | None = None  # the run dir's subdir whose best is the run's result
 
 
@@ -31,4 +33,7 @@ SEARCHES: dict[str, SearchEntry] = {
                        "(section 3.2)", prepare_dfs, dfs_search_for),
     "ps+dfs": SearchEntry("ps+dfs", "PS, then DFS with the PS result as model A (section 3.3)",
                           prepare_ps_dfs, run=evolve_ps_dfs, result_stage="dfs"),
+    "pareto": SearchEntry("pareto", "multi-objective PS: NSGA-II keeps the Pareto front of the "
+                          "tasks named in `objectives`, chosen on validation", prepare_pareto,
+                          ps_search_for, run=run_pareto),
 }

@@ -15,6 +15,7 @@ from ..evolve.config import EvolveConfig, load_config
 from ..evolve.report import print_table, score_table
 from ..evolve.tasks import load_tasks, load_tokenizer
 from ..parallel.distributed import is_main
+from .pareto import export_point
 from .registry import SEARCHES
 from .stage import check_mesh, evolve_stage, export_stage, score_model
 
@@ -46,6 +47,11 @@ def _silent(*_args) -> None:
     pass
 
 
+def _no_front(run_dir):
+    raise ConfigError(f"{run_dir}: --point exports a point of a search: pareto run's front; this "
+                      "run has none")
+
+
 def eval_model(model_dir, config_path, splits=("validation", "test"), log=print) -> dict:
     """`evomerge eval`: a model dir on a config's tasks, with the model dir's own tokenizer when
     it has one (else the config's)."""
@@ -59,12 +65,17 @@ def eval_model(model_dir, config_path, splits=("validation", "test"), log=print)
     return scores
 
 
-def export_run(run_dir, out_dir, *, overwrite: bool = False, log=print) -> Path:
-    """`evomerge export`: the best candidate of a run (finished or not) as an HF dir."""
+def export_run(run_dir, out_dir, *, overwrite: bool = False, log=print,
+               point: int | None = None) -> Path:
+    """`evomerge export`: the best candidate of a run (finished or not) as an HF dir; `point`:
+    point K of a pareto run's front instead."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yml").is_file():
         raise ConfigError(f"{run_dir}: not a run dir (no config.yml)")
     entry = SEARCHES[load_config(run_dir / "config.yml").search]
+    if point is not None:
+        return export_point(run_dir, point, entry.search_for or _no_front(run_dir), out_dir,
+                            overwrite=overwrite, log=log)
     if entry.result_stage is not None:  # a multi-stage run: its final stage's best
         return export_run(run_dir / entry.result_stage, out_dir, overwrite=overwrite, log=log)
     return export_stage(run_dir, entry.search_for, out_dir, overwrite=overwrite, log=log)

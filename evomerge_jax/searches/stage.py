@@ -94,24 +94,14 @@ def evolve_stage(cfg: EvolveConfig, prepare, *, resume: bool = False, overwrite:
     entry's) checks everything before any weight is read; then search, score, export."""
     check_mesh(cfg)
     search, tasks, tokenizer, strategy = prepare(cfg, log)
-    plan_path = Path(cfg.output_dir) / "plan.json"
-    plan = json.loads(plan_path.read_text()) if resume and plan_path.is_file() else {}
+    plan = saved_plan(cfg, resume)
     mesh = build_mesh(cfg, search, devices, log)
     run_dir = start_run_dir(cfg, resume, overwrite)
     for note in strategy.notes:
         log(f"note: {note}")
     search.load(mesh)
     population = strategy.algo.population_size
-    evaluator = Evaluator(search.model, search.weights, tasks, tokenizer, population=population,
-                          memory_budget=cfg.compute.memory_budget,
-                          chunk_size=plan.get("chunk_size", cfg.compute.chunk_size),
-                          global_batch=plan.get("global_batch"), mesh=mesh, log=log)
-    # Every process runs the same programs: process 0's plan (from its free memory) wins.
-    evaluator.chunk, evaluator.global_batch = agree((evaluator.chunk, evaluator.global_batch))
-    # A resumed run reuses the chunking, so that it runs the very programs the first one ran.
-    if is_main():
-        atomic_write_text(plan_path, json.dumps({"chunk_size": evaluator.chunk,
-                                                 "global_batch": evaluator.global_batch}) + "\n")
+    evaluator = stage_evaluator(cfg, search, tasks, tokenizer, population, mesh, plan, log)
     pop, model = mesh.devices.shape
     log(f"{cfg.search}: {search.num_dims} genes, population {population}, "
         f"{cfg.strategy.generations} generations of {cfg.strategy.name}; {mesh.devices.size} "
@@ -120,6 +110,30 @@ def evolve_stage(cfg: EvolveConfig, prepare, *, resume: bool = False, overwrite:
     best = run_search(search, strategy, evaluator, tasks, cfg.strategy, run_dir, resume=resume,
                       progress=progress, log=log, on_generation=on_generation)
     return finish(cfg, search, evaluator, tasks, tokenizer, best, run_dir, log=log, export=export)
+
+
+def stage_evaluator(cfg, search, tasks, tokenizer, population: int, mesh, plan: dict,
+                    log=print) -> Evaluator:
+    """The evaluator of a stage, chunked for `population` candidates (or as `plan`, the saved
+    plan.json of a resumed run, says), with the plan saved in the run dir."""
+    evaluator = Evaluator(search.model, search.weights, tasks, tokenizer, population=population,
+                          memory_budget=cfg.compute.memory_budget,
+                          chunk_size=plan.get("chunk_size", cfg.compute.chunk_size),
+                          global_batch=plan.get("global_batch"), mesh=mesh, log=log)
+    # Every process runs the same programs: process 0's plan (from its free memory) wins.
+    evaluator.chunk, evaluator.global_batch = agree((evaluator.chunk, evaluator.global_batch))
+    # A resumed run reuses the chunking, so that it runs the very programs the first one ran.
+    if is_main():
+        atomic_write_text(Path(cfg.output_dir) / "plan.json",
+                          json.dumps({"chunk_size": evaluator.chunk,
+                                      "global_batch": evaluator.global_batch}) + "\n")
+    return evaluator
+
+
+def saved_plan(cfg, resume: bool) -> dict:
+    """A resumed run's plan.json (its chunking), else {}."""
+    path = Path(cfg.output_dir) / "plan.json"
+    return json.loads(path.read_text()) if resume and path.is_file() else {}
 
 
 def finish(cfg, search, evaluator, tasks, tokenizer, best: Best, run_dir: Path, *, log=print,
