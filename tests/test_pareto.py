@@ -86,6 +86,24 @@ def test_variation_stays_in_the_box_and_is_seeded():
     assert not np.allclose(a, parents)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"objectives": ["a"]}, "two or more distinct task names"),
+    ({"objectives": ["a", "zz"]}, "zz not among the tasks"),
+    ({"strategy": {"name": "CMA_ES"}}, "strategy.name does not apply"),
+    ({"search": "ps"}, "objectives apply to search pareto only"),
+])
+def test_bad_objectives_are_one_line_errors(change, message):
+    from evomerge_jax.errors import ConfigError
+    from evomerge_jax.evolve.config import parse_config
+    files = {"fitness": "f", "validation": "v", "test": "t"}
+    task = {"type": "perplexity", "data": files, "prompt": "{p}", "target": "{t}"}
+    data = {"search": "pareto", "base_model": "b", "models": ["m"], "output_dir": "o",
+            "objectives": ["a", "b"], "tasks": [{"name": "a", **task}, {"name": "b", **task}],
+            **change}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data)
+
+
 # ---- a run with a known front ----------------------------------------------------------------
 
 def _non_dominated(f):

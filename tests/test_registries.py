@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from evolve_world import echo_task, write_config
+from evolve_world import echo_task, ppl_task, write_config
 from evomerge_jax.arch import GLOBAL_TENSORS, LAYER_TENSORS
 from evomerge_jax.errors import ConfigError, MergeError
 from evomerge_jax.evolve.config import DFS_STRATEGY, EvolveConfig, TaskSection, load_config
@@ -27,26 +27,31 @@ def test_every_config_search_has_an_entry():
     assert set(names) == set(SEARCHES)
     for name, entry in SEARCHES.items():
         assert entry.name == name
-        # one stage: prepare + a search for export; several: a runner and its final stage
-        assert (entry.run is None) == (entry.search_for is not None)
+        # a search for export, or (several stages) a runner and the final stage to export
+        assert (entry.search_for is not None) != (entry.result_stage is not None)
+        assert entry.result_stage is None or entry.run is not None
         assert entry.result_stage is None or entry.result_stage in SEARCHES
 
 
 @pytest.mark.parametrize("name", list(SEARCHES))
 def test_prepare_checks_without_reading_weights(name, evolve_world, tmp_path):
     sections = {"search": name}
+    tasks = [echo_task(evolve_world)]
     if name == "dfs":
         sections["dfs"] = {"repeats": 1}
-    cfg = load_config(write_config(tmp_path / "c.yml", evolve_world, [echo_task(evolve_world)],
-                                   **sections))
+    if name == "pareto":
+        sections["objectives"] = ["echo", "ppl"]
+        tasks.append(ppl_task(evolve_world))
+    cfg = load_config(write_config(tmp_path / "c.yml", evolve_world, tasks, **sections))
     prepared = prepare(cfg, log=lambda *_: None)
-    stages = prepared if SEARCHES[name].run is not None else (prepared,)
+    stages = prepared if name == "ps+dfs" else (prepared,)
     # the config's population; ps+dfs's DFS stage runs under dfs.strategy (default: the paper's)
     sizes = [6, DFS_STRATEGY.population_size] if name == "ps+dfs" else [6]
-    assert [s.algo.population_size for *_, s in stages] == sizes
-    for search, tasks, _tokenizer, _strategy in stages:
+    size = lambda s: s.population_size if name == "pareto" else s.algo.population_size  # noqa
+    assert [size(s) for *_, s in stages] == sizes
+    for search, loaded, _tokenizer, _strategy in stages:
         assert search.weights is None and search.num_dims > 0  # checked, nothing loaded
-        assert [t.name for t in tasks] == ["echo"]
+        assert [t.name for t in loaded] == [t["name"] for t in tasks]
 
 
 # ---- task types -------------------------------------------------------------------------------
