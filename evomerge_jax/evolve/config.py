@@ -17,27 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from ..errors import ConfigError
 from ..merge.task_arithmetic import PRESETS
+from .method_genes import GENOME_METHODS, fixed_only, method_parameters, source_count_error, switches
 from .strategy import algorithms
 from .task_types import TASK_TYPES
 
 # Parameter-space bounds [low, high] used when the config gives none.
 DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.0, 1.0), "gamma": (0.0, 0.5),
-                  "epsilon": (0.0, 0.5), "lambda": (0.0, 2.0)}
+                  "epsilon": (0.0, 0.5), "lambda": (0.0, 2.0), "t": (0.0, 1.0),
+                  "select_topk": (0.1, 1.0)}
 DEFAULT_SIGMA = 1.0 / 6.0  # Akiba et al. 2025, PS: CMA-ES mean 0.5, sigma 1/6 over [0, 1]
 _SPLITS = ("fitness", "validation", "test")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def method_parameters(method: str) -> dict[str, str]:
-    """Parameters a task-vector method actually uses -> "per_source" or "global" (numeric only;
-    the boolean switches normalize/rescale can be fixed but not evolved). The registry lists
-    density, gamma and epsilon for every preset; here a parameter counts only when the preset's
-    sparsifier reads it, so that evolving `density` under task_arithmetic is an error."""
-    used = {"weight": "per_source", "lambda": "global"}
-    return {**used, **{name: "per_source" for name in PRESETS[method].sparsifier_reads}}
 
 
 class MergeSection(_Strict):
@@ -49,15 +42,21 @@ class MergeSection(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.method not in PRESETS:
-            raise ValueError(f"merge method {self.method!r} is not a task-vector method; "
-                             f"parameter-space evolution supports: {', '.join(PRESETS)}")
+        if self.method not in GENOME_METHODS:
+            raise ValueError(f"merge method {self.method!r} cannot be evolved; parameter-space "
+                             f"evolution supports: {', '.join(GENOME_METHODS)}")
         used = method_parameters(self.method)
-        switches = ("normalize", "rescale", "int8_mask")
+        if not used:
+            raise ValueError(f"merge method {self.method!r} has no numeric parameter to evolve "
+                             "(mergekit gives it none); merge with it through `evomerge merge`")
+        flags = switches(self.method)
+        if self.method not in PRESETS and self.rescale_rule != "l1":
+            raise ValueError(f"merge.rescale_rule applies to DARE/DELLA methods, not "
+                             f"{self.method!r}")
         if not self.evolve:
             raise ValueError("merge.evolve is empty: list the parameters to evolve (e.g. weight)")
         for name in self.evolve:
-            if name in switches:
+            if name in flags:
                 raise ValueError(f"{name!r} is a boolean switch and cannot be evolved; fix it under "
                                  "merge.parameters")
             if name not in used:
@@ -68,12 +67,13 @@ class MergeSection(_Strict):
         for name, value in self.parameters.items():
             if name in self.evolve:
                 raise ValueError(f"{name!r} is both evolved and fixed in merge.parameters")
-            if name not in used and name not in switches:
+            known = [*used, *flags, *fixed_only(self.method)]
+            if name not in known:
                 raise ValueError(f"merge method {self.method!r} has no parameter {name!r}; "
-                                 f"known: {', '.join([*used, *switches])}")
-            if (name in switches) != isinstance(value, bool):
+                                 f"known: {', '.join(known)}")
+            if (name in flags) != isinstance(value, bool):
                 raise ValueError(f"merge.parameters.{name} must be "
-                                 f"{'true or false' if name in switches else 'a number'}")
+                                 f"{'true or false' if name in flags else 'a number'}")
         for name, (low, high) in self.bounds.items():
             if name not in self.evolve:
                 raise ValueError(f"merge.bounds.{name}: {name!r} is not evolved")
@@ -246,6 +246,13 @@ class EvolveConfig(_Strict):
                                  "least two models")
         if self.search == "ps+dfs" and dfs.a is not None:
             raise ValueError("dfs.a cannot be set under ps+dfs: model A is the PS stage's result")
+        return self
+
+    @model_validator(mode="after")
+    def _check_source_count(self):
+        problem = source_count_error(self.merge.method, len(self.models))
+        if problem and self.search in ("ps", "pareto"):
+            raise ValueError(f"merge.method: {problem} (models)")
         return self
 
     @model_validator(mode="after")

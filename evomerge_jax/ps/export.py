@@ -17,7 +17,8 @@ import yaml
 
 from ..arch import global_hf_name, layer_hf_name
 from ..checkpoint import DTYPES, TensorReader, output_config, write_hf_dir
-from ..merge.task_arithmetic import PRESETS
+from ..evolve.method_genes import takes_base
+from ..merge.methods import get_method
 from ..parallel.xla_options import merge_jit
 from .genome import clip
 
@@ -107,7 +108,8 @@ def recipe(search, genome) -> dict:
         for kind, subs in enumerate(_SIDE_FILTERS[:layout.num_kinds]):
             filters += [(s, layout.layer_group(first, kind)) for s in subs]
         fallback = layout.layer_group(first, 0)
-        sources = [{"model": str(cfg.base_model), "layer_range": [first, last]}]
+        with_base = takes_base(cfg.merge.method)  # linear, karcher: no base model in mergekit
+        sources = [{"model": str(cfg.base_model), "layer_range": [first, last]}] * with_base
         for k, path in enumerate(cfg.models):
             params = {n: _entries(layout, values, n, filters, fallback, k)
                       for n, per_source in zip(layout.params, layout.per_source) if per_source}
@@ -118,8 +120,9 @@ def recipe(search, genome) -> dict:
         if shared:
             item["parameters"] = shared
         slices.append(item)
-    out = {"merge_method": cfg.merge.method, "base_model": str(cfg.base_model), "slices": slices,
-           "dtype": search.model.dtype}
+    out = {"merge_method": cfg.merge.method,
+           **({"base_model": str(cfg.base_model)} if takes_base(cfg.merge.method) else {}),
+           "slices": slices, "dtype": search.model.dtype}
     fixed = {k: v for k, v in cfg.merge.parameters.items()}
     if fixed:
         out["parameters"] = fixed
@@ -133,7 +136,7 @@ def recipe_yaml(search, genome, note: str = "") -> str:
     lines = ["# Evolved merge recipe (evomerge PS search), in mergekit's config format."]
     if note:
         lines.append(f"# {note}")
-    if PRESETS[cfg.merge.method].random:
+    if get_method(cfg.merge.method).random:
         lines.append(f"# {cfg.merge.method} drops elements at random: evomerge draws its masks from "
                      "keys of (seed, generation, candidate, tensor), mergekit from its own RNG, so "
                      "mergekit builds another sample of this recipe, not these exact tensors.")

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from ..arch import ModelSpec
 from ..generation import greedy_loop
-from ..merge.methods import merge_tensor
+from ..merge.methods import get_method, merge_tensor
 from ..model import decoder_layer, make_context, positions_from_mask, sliding_flags, unembed
 from ..model import embed as embed_tokens
 from ..parallel.memory_model import Workload, ps_candidate_bytes, shared_merge_bytes
@@ -61,9 +61,12 @@ class PSModel:
     def merge_one(self, base, sources_k, params: dict, key, table_kn=None):
         """One tensor of one candidate: `merge_tensor` with the run's method and options, cast to
         the forward dtype (export goes through the same `merge_layer`/`merge_global`)."""
-        options = {"rescale_rule": self.rescale_rule}
+        method = get_method(self.method)
+        options = {"rescale_rule": self.rescale_rule} if "rescale_rule" in method.options else {}
         if table_kn is not None:
             options["magnitude_tables_kn"] = table_kn
+        if method.base == "none":  # linear, karcher: mergekit ignores the base model
+            base = None
         merged = merge_tensor(self.method, base, sources_k, {**dict(self.fixed), **params}, key,
                               **options)
         return merged.astype(self.dtype)

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..evolve.strategy import build_strategy
 from ..evolve.tasks import load_tasks, load_tokenizer
 from ..merge.sparsify import magnitude_table
-from ..merge.task_arithmetic import PRESETS
+from ..evolve.method_genes import uses_tables as method_uses_tables
 from ..parallel.mesh import first_device_mesh, read_global, weight_shardings
 from .export import export_ps
 from .genome import GenomeLayout, clip, make_layout
@@ -131,7 +131,7 @@ class PSSearch:
         self.cfg, self.spec, self.hf_config = cfg, spec, hf_config
         self.layout: GenomeLayout = make_layout(cfg, len(cfg.models), spec.num_layers)
         self.dtype = forward_dtype(cfg, cfg.base_model)
-        uses_tables = PRESETS[cfg.merge.method].uses_tables
+        uses_tables = method_uses_tables(cfg.merge.method)
         self.model = PSModel(spec, self.layout, cfg.merge.method, cfg.merge.rescale_rule,
                              tuple(sorted(cfg.merge.parameters.items())), self.dtype, uses_tables,
                              cfg.compute.prng)

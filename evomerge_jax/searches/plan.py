@@ -22,7 +22,7 @@ from ..evolve.evaluate import available_memory
 from ..evolve.task_types import TASK_TYPES
 from ..evolve.tasks import load_task, load_tokenizer, pad_to
 from ..fileio import parse_size
-from ..merge.task_arithmetic import PRESETS
+from ..evolve.method_genes import uses_tables
 from ..parallel.memory_model import (DTYPE_BYTES, F32, Bytes, GiB, TaskShape, Workload,
                                      choose_chunk, dfs_candidate_bytes, model_elements, pass_bytes,
                                      ps_candidate_bytes, shape_of, shared_merge_bytes, workloads)
@@ -148,7 +148,7 @@ def _stage(cfg, a_stand_in=None) -> _Stage:
     if cfg.search in ("ps", "pareto"):  # pareto: PS's genome and population pass
         spec, hf_config = check_models(cfg)
         k = len(cfg.models)
-        return _Stage(spec, k, PRESETS[cfg.merge.method].uses_tables, 0,
+        return _Stage(spec, k, uses_tables(cfg.merge.method), 0,
                       TensorReader(cfg.base_model).dtype("model.embed_tokens.weight"),
                       make_layout(cfg, k, spec.num_layers).num_dims, hf_config,
                       cfg.tokenizer or cfg.base_model)
