@@ -6,7 +6,7 @@ writes; methods the genome cannot hold are one-line config errors."""
 import numpy as np
 import pytest
 
-from evolve_world import echo_task, write_config
+from evolve_world import echo_task, ppl_task, write_config
 from evomerge_jax.errors import ConfigError
 from evomerge_jax.evolve.config import load_config
 from evomerge_jax.ps.export import recipe_yaml
@@ -73,3 +73,24 @@ def test_methods_the_genome_cannot_hold_are_config_errors(evolve_world, tmp_path
                         models=[str(p) for p in evolve_world["sources"][:models]], merge=merge)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_population_pass_scores_what_export_writes(evolve_world, tmp_path):
+    """slerp with t per layer: the pass's score of a candidate equals the exported model's."""
+    from evomerge_jax.evolve.evaluate import Evaluator
+    from evomerge_jax.ps.search import prepare_ps
+    from evomerge_jax.searches.stage import score_model
+
+    sections, count = CASES["slerp_t_per_layer"]
+    path = write_config(tmp_path / "c.yml", evolve_world, [ppl_task(evolve_world)],
+                        models=[str(p) for p in evolve_world["sources"][:count]], **sections)
+    search, tasks, tokenizer, _ = prepare_ps(load_config(path), log=lambda *_: None)
+    search.load()
+    genomes = np.random.default_rng(5).uniform(0.05, 0.95, (3, search.num_dims)).astype(np.float32)
+    keys = np.zeros((3, 2), np.uint32)
+    evaluator = Evaluator(search.model, search.weights, tasks, tokenizer, population=3)
+    nll = np.asarray(evaluator.split_scores(genomes, keys, "test")["ppl"]["nll"], np.float64)
+    assert np.ptp(nll) > 1e-4  # the candidates differ
+    out = search.export(genomes[1], keys[1], tmp_path / "exported")
+    exported = score_model(out, tasks, tokenizer, ("test",))["test"]["ppl"]["nll"]
+    assert nll[1] == pytest.approx(exported, abs=1e-4)
