@@ -39,9 +39,11 @@ CONFIG_ERRORS = {
     "unknown_strategy": ({"strategy": {"name": "CMAES"}},
                          "unknown evosax algorithm 'CMAES'; choose one of ARS, ASEBO, "),
     "unknown_method": ({"merge": {"method": "dare"}},
-                       "'dare' is not a task-vector method; parameter-space evolution supports: "
+                       "'dare' cannot be evolved; parameter-space evolution supports: "
                        "task_arithmetic, ties, dare_ties"),
-    "non_task_vector": ({"merge": {"method": "slerp"}}, "'slerp' is not a task-vector method"),
+    "not_in_genomes": ({"merge": {"method": "nearswap"}}, "'nearswap' cannot be evolved"),
+    "slerp_evolves_t": ({"merge": {"method": "slerp"}},
+                        "'slerp' has no parameter 'weight' to evolve; it evolves: t"),
     "missing_param": ({"merge": {"method": "task_arithmetic", "evolve": ["weight", "density"]}},
                       "'task_arithmetic' has no parameter 'density' to evolve; it evolves: "
                       "weight, lambda"),
