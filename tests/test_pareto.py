@@ -31,7 +31,7 @@ POPULATION = 8
 
 def _reference_ranks(f):
     """Brute force: peel the points no remaining point dominates."""
-    n, rank, left, front_no = len(f), np.full(len(f), -1), set(range(len(f))), 0
+    rank, left, front_no = np.full(len(f), -1), set(range(len(f))), 0
     while left:
         front = {i for i in left if not any(np.all(f[j] >= f[i]) and np.any(f[j] > f[i])
                                             for j in left)}

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from ..errors import ConfigError
 from ..merge.task_arithmetic import PRESETS
-from .method_genes import GENOME_METHODS, fixed_only, method_parameters, source_count_error, switches
+from .method_genes import (GENOME_METHODS, fixed_only, method_parameters, source_count_error,
+                           switches)
 from .strategy import algorithms
 from .task_types import TASK_TYPES
 
