@@ -71,7 +71,7 @@ def main() -> None:
     search, loaded, tokenizer, _ = prepare_pareto(load_config(pcfg), log=quiet)
     search.load()
     evaluator = Evaluator(search.model, search.weights, loaded, tokenizer,
-                          population=2 * args.population)
+                          population=args.population)
     grid = np.linspace(0, 1, 11)
     genomes = np.array([[x, y] for x in grid for y in grid], np.float32)
     f = objective_matrix(evaluator.split_scores(genomes, np.zeros((len(genomes), 2), np.uint32),

@@ -138,9 +138,8 @@ def _grid_front(cfg_path):
     """Every weight pair of an 11 x 11 grid scored on validation through the population pass."""
     search, tasks, tokenizer, _ = prepare_pareto(load_config(cfg_path), log=lambda *_: None)
     search.load()
-    # chunked as the run's evaluator is (2 x population), so its compiled pass is reused
-    evaluator = Evaluator(search.model, search.weights, tasks, tokenizer,
-                          population=2 * POPULATION)
+    # chunked as the run's evaluator is (the population), so its compiled pass is reused
+    evaluator = Evaluator(search.model, search.weights, tasks, tokenizer, population=POPULATION)
     genomes = np.array([[x, y] for x in GRID for y in GRID], np.float32)
     keys = np.zeros((len(genomes), 2), np.uint32)
     f = objective_matrix(evaluator.split_scores(genomes, keys, "validation"), ["a", "b"])

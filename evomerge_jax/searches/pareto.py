@@ -137,8 +137,10 @@ def run_pareto(cfg, *, resume: bool = False, overwrite: bool = False, progress: 
     mesh = build_mesh(cfg, search, devices, log)
     run_dir = start_run_dir(cfg, resume, overwrite)
     search.load(mesh)
-    evaluator = stage_evaluator(cfg, search, tasks, tokenizer, 2 * nsga.population_size, mesh,
-                                plan, log)
+    # children and (when rescored) parents are scored population_size at a time, as `evomerge
+    # plan` plans
+    evaluator = stage_evaluator(cfg, search, tasks, tokenizer, nsga.population_size, mesh, plan,
+                                log)
     score = _Scorer(evaluator, tasks, cfg.objectives, nsga.seed)
     log(f"pareto: NSGA-II on {', '.join(cfg.objectives)}; {search.num_dims} genes, population "
         f"{nsga.population_size}, {nsga.generations} generations")
