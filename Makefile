@@ -21,9 +21,11 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collects no test: not a failure of the code. The whole suite includes
 # the demo's end-to-end test (`evomerge demo --quick`, about 100 s here); `make test-demo` runs
-# that one alone.
+# that one alone. Test files run in TEST_WORKERS processes (pytest-xdist; a file's tests stay in
+# one worker so its module fixtures are built once); each worker peaks near 6 GiB.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 test-demo: $(STAMP)
 	$(PY) -m pytest -q -m demo

@@ -61,10 +61,14 @@ def smollm2_dir() -> Path | None:
     gguf = gguf_path()
     if gguf is None:
         return None
+    from filelock import FileLock
+
     out = cache_root() / f"smollm2-135m-instruct-f32-v{CACHE_VERSION}"
-    if not (out / "config.json").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        build_hf_dir(gguf, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # test workers (pytest -n) share the cache: one builds, the others wait for it
+    with FileLock(str(out) + ".lock"):
+        if not (out / "config.json").is_file():
+            build_hf_dir(gguf, out)
     return out
 
 

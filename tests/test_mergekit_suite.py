@@ -104,7 +104,16 @@ def _collect(modules: list) -> dict:
     return out
 
 
-globals().update(_collect(_load_suite(_extract(_fetch_sdist()))))
+def _suite_files() -> Path:
+    """Fetched and extracted once; test workers (pytest -n) share the cache under a lock."""
+    from filelock import FileLock
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(CACHE / ".lock")):
+        return _extract(_fetch_sdist())
+
+
+globals().update(_collect(_load_suite(_suite_files())))
 
 
 # Deliberate differences (README.md, "mergekit's test suite"), beyond those mergekit_common.py
