@@ -11,6 +11,7 @@ from test_model_parity import _batch, _hf_logits
 
 import evomerge_jax as em
 from evomerge_jax.errors import CheckpointError
+from evomerge_jax.parallel.memory_model import model_elements
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,12 @@ def test_unsupported_variants_fail_in_one_line(family_dirs, tmp_path, name, chan
     with pytest.raises(CheckpointError) as err:
         em.load(path)
     assert key in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["gemma2_untied", "gemma3_local_rope", "phi3_longrope"])
+def test_planner_counts_every_parameter(family_dirs, name):
+    """`evomerge plan`'s element count (fused qkv/gate_up, post-norms, q/k norms, tied heads)
+    equals the PyTorch model's."""
+    model, path = family_dirs[name]
+    spec = em.load(path).spec
+    assert model_elements(spec) == sum(p.numel() for p in model.parameters())
