@@ -12,6 +12,10 @@ mean(c²g²) + eps, the plain model with mean(g²) + eps, i.e. the path equals t
 eps/c_k² in place of eps in step k's norms; the per-norm relative difference is
 |sqrt((m + eps/c²) / (m + eps)) - 1| <= eps·|1 - 1/c²| / (2m), m = mean(g²) at that norm.
 
+Other families (docs/design.md §4.1): the rule of each tensor is `arch.fold_rule` (Gemma moves
+"divide" from o_proj/down_proj to its post-norms, whose inputs are not scaled), applied to the
+norm's effective weight `norm_offset + w` (Gemma's `1 + w`).
+
 Slot and sliding flags: the k-th exported layer keeps the sliding-window flag of its source layer;
 `checkpoint.save` writes num_hidden_layers and layer_types from the exported spec.
 """
