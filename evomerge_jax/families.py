@@ -108,7 +108,8 @@ def _rope(params: dict, cfg: dict, where: str, key: str) -> RopeSpec:
         factor = params.get("factor") or max_pos / original
         attention = params.get("attention_factor")
         if attention is None:
-            attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+            attention = 1.0 if factor <= 1.0 else math.sqrt(
+                1 + math.log(factor) / math.log(original))
         extra = dict(short_factor=tuple(float(x) for x in params["short_factor"]),
                      long_factor=tuple(float(x) for x in params["long_factor"]),
                      attention_factor=float(attention))
@@ -166,7 +167,8 @@ def _gemma_fields(fam: Family, cfg: dict) -> dict:
         return None if value is None else float(value)
 
     scalar = cfg.get("query_pre_attn_scalar")
-    return dict(norm_offset=1.0, embed_scale=True, attn_softcap=cap("attn_logit_softcapping") if fam.attn_softcap else None,
+    attn_cap = cap("attn_logit_softcapping") if fam.attn_softcap else None
+    return dict(norm_offset=1.0, embed_scale=True, attn_softcap=attn_cap,
                 final_softcap=cap("final_logit_softcapping"),
                 query_scale=None if scalar is None else float(scalar) ** -0.5)
 

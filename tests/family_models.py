@@ -56,7 +56,7 @@ GEMMA = ("gemma2_softcap", "gemma2_untied", "gemma3_local_rope", "gemma3_softcap
 
 
 def make_family_model(name: str, seed: int = 0, **extra):
-    """A random model; Gemma's norms are stored as `weight - 1`, so theirs are perturbed around 0."""
+    """A random model; Gemma's norms are stored as `weight - 1`: theirs are perturbed around 0."""
     cls_name, overrides = FAMILY_CONFIGS[name]
     kwargs = {**_BASE, **overrides, **extra}
     if kwargs.get("head_dim") is None:
