@@ -52,12 +52,17 @@ FAMILY_CONFIGS = {
     "phi3_sliding_tied": ("Phi3Config", dict(
         head_dim=None, sliding_window=4, tie_word_embeddings=True)),
 }
+# Merged by tensor names only (the forward does not run Mixtral): experts and router.
+MERGE_ONLY_CONFIGS = {
+    "mixtral_top2": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2,
+                                           num_hidden_layers=2)),
+}
 GEMMA = ("gemma2_softcap", "gemma2_untied", "gemma3_local_rope", "gemma3_softcap_untied")
 
 
 def make_family_model(name: str, seed: int = 0, **extra):
     """A random model; Gemma's norms are stored as `weight - 1`: theirs are perturbed around 0."""
-    cls_name, overrides = FAMILY_CONFIGS[name]
+    cls_name, overrides = {**FAMILY_CONFIGS, **MERGE_ONLY_CONFIGS}[name]
     kwargs = {**_BASE, **overrides, **extra}
     if kwargs.get("head_dim") is None:
         kwargs.pop("head_dim")
