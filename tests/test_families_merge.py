@@ -75,13 +75,19 @@ METHODS = ("linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmet
            "model_stock", "sce", "nearswap", "arcee_fusion", "ram", "ramplus_tl", "passthrough")
 ALL_CASES = [(f, m) for f in FAMILY_MODELS for m in METHODS]
 SUITE_CASES = [("gemma2", "linear"), ("gemma3", "ties"), ("gemma3", "passthrough"),
-               ("phi3", "linear")]
+               ("phi3", "linear"), ("mixtral", "task_arithmetic")]
 # mergekit 0.1.5 writes a Gemma 3 frankenmerge's config with the source's layer_types (2 entries
 # for 3 layers) and transformers refuses to save it: there our output must run in transformers.
 MERGEKIT_REFUSES = {("gemma3", "passthrough"): "must be equal to the number of `layer_types`"}
 # Measured with EVOMERGE_FAMILY_MERGES=all: gemma3 arcee_fusion differs (0.09 in one v_proj);
 # arcee_fusion keeps elements by a threshold (see mergekit_common.SELECTING_METHODS).
-KNOWN_DIFFERENT = {("gemma3", "arcee_fusion")}
+# Mixtral: mergekit 0.1.5 (loading through transformers 5) merges each layer's experts as one
+# fused [E, 2F, D] gate_up tensor and one [E, D, F] down tensor; we merge the checkpoint's
+# per-expert w1/w2/w3. Elementwise methods agree; the methods that look at a whole tensor (norms,
+# thresholds, cosines) see other tensors and differ (measured 3e-4 to 0.14).
+MIXTRAL_WHOLE_TENSOR = ("slerp", "nuslerp", "multislerp", "karcher", "ties", "breadcrumbs",
+                        "breadcrumbs_ties", "model_stock", "sce", "arcee_fusion")
+KNOWN_DIFFERENT = {("gemma3", "arcee_fusion")} | {("mixtral", m) for m in MIXTRAL_WHOLE_TENSOR}
 _WANTED = os.environ.get("EVOMERGE_FAMILY_MERGES")  # "all", or one family's name
 CASES = SUITE_CASES if not _WANTED else [c for c in ALL_CASES if _WANTED in ("all", c[0])]
 
