@@ -211,7 +211,8 @@ def hidden_states(params: dict, spec: ModelSpec, tokens_bs, mask_bs) -> jax.Arra
         lp, is_sliding = layer
         return decoder_layer(lp, spec, h, ctx, is_sliding)[0], None
 
-    h, _ = jax.lax.scan(step, embed(params, spec, tokens_bs), (params["layers"], sliding_flags(spec)))
+    h, _ = jax.lax.scan(step, embed(params, spec, tokens_bs),
+                        (params["layers"], sliding_flags(spec)))
     return h
 
 
