@@ -75,7 +75,7 @@ def greedy_generate(params, spec: ModelSpec, tokens_bs, mask_bs, *, max_new_toke
     cache_shape = (spec.num_layers, b, s + max_new_tokens, spec.num_kv_heads, spec.head_dim)
     caches = (jnp.zeros(cache_shape, dtype), jnp.zeros(cache_shape, dtype))
     return greedy_loop(
-        lambda t: embed(params, t),
+        lambda t: embed(params, spec, t),
         lambda h, ctx, c, i: _run_layers(params, spec, h, ctx, c, i),
         lambda h: unembed(params, spec, h),
         caches, tokens_bs, mask_bs, spec, max_new_tokens=max_new_tokens, eos_ids=eos_ids,

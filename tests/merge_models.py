@@ -52,13 +52,15 @@ for config, out, seed in json.loads(sys.argv[1]):
                   config_source=text)
     except Exception:
         open(out + ".error", "w").write(traceback.format_exc())
+    open(out + ".done", "w").close()
 """
 
 
 def start_mergekit(jobs: list[tuple[Path, Path]], seed: int | None = None) -> subprocess.Popen:
     """Start mergekit 0.1.5 (its public Python API, as `mergekit-yaml` calls it) on each
     (config, out_dir) in one background subprocess, so that it overlaps the caller's own work;
-    `wait()` on the result. A failed job leaves `out_dir.error` with its traceback."""
+    `wait()` on the result. A failed job leaves `out_dir.error` with its traceback; every finished
+job leaves `out_dir.done`."""
     payload = json.dumps([(str(c), str(o), seed) for c, o in jobs])
     return subprocess.Popen([sys.executable, "-c", _DRIVER, payload], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

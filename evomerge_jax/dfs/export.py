@@ -12,6 +12,10 @@ mean(c²g²) + eps, the plain model with mean(g²) + eps, i.e. the path equals t
 eps/c_k² in place of eps in step k's norms; the per-norm relative difference is
 |sqrt((m + eps/c²) / (m + eps)) - 1| <= eps·|1 - 1/c²| / (2m), m = mean(g²) at that norm.
 
+Other families (docs/design.md §4.1): the rule of each tensor is `arch.fold_rule` (Gemma moves
+"divide" from o_proj/down_proj to its post-norms, whose inputs are not scaled), applied to the
+norm's effective weight `norm_offset + w` (Gemma's `1 + w`).
+
 Slot and sliding flags: the k-th exported layer keeps the sliding-window flag of its source layer;
 `checkpoint.save` writes num_hidden_layers and layer_types from the exported spec.
 """
@@ -25,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..arch import LAYER_TENSORS
+from ..arch import LAYER_TENSORS, fold_rule
 from ..checkpoint import Checkpoint, save
 from ..errors import ConfigError
 from ..fileio import DEFAULT_SHARD_SIZE, atomic_dir
@@ -33,6 +37,21 @@ from .forward import path_arrays
 from .genome import PathSpec, genome_for
 from .path import LayerPath, decode_path
 from .plot import plot_path
+
+
+def _offset(spec, short: str) -> float:
+    return spec.norm_offset if LAYER_TENSORS[short].norm else 0.0
+
+
+def _fold(w, rule: str | None, c, offset: float):
+    """A stored tensor folded by `rule` (arch.TensorInfo.fold): the effective weight
+    `offset + w` is divided by c ("divide") or multiplied by sign(c) ("sign"), and stored back
+    less the offset (Gemma's norms are stored as `weight - 1`)."""
+    if rule == "divide":
+        return (offset + w) / c - offset
+    if rule == "sign":
+        return (offset + w) * np.sign(c) - offset
+    return w
 
 
 def fold_path(stack: Checkpoint, path: LayerPath) -> Checkpoint:
@@ -46,17 +65,16 @@ def fold_path(stack: Checkpoint, path: LayerPath) -> Checkpoint:
     ids = np.asarray(path.layers)
     dtype = stack.dtype
     layers = {}
+    spec = stack.spec
     for short, stacked in stack.params["layers"].items():
         w = np.asarray(stacked)[ids].astype(np.float64)       # [n, ...], gathered on the host
         per_step = c_n.reshape((-1,) + (1,) * (w.ndim - 1))
-        fold = LAYER_TENSORS[short].fold  # arch.py's per-tensor table
-        if fold == "divide":
-            w = w / per_step
-        elif fold == "sign":
-            w = w * np.sign(per_step)
-        layers[short] = jnp.asarray(w.astype(np.float32), dtype)
+        layers[short] = jnp.asarray(_fold(w, fold_rule(spec, short), per_step,
+                                          _offset(spec, short)).astype(np.float32), dtype)
     params = {k: v for k, v in stack.params.items() if k != "layers"}
-    params["final_norm"] = (stack.params["final_norm"] * np.sign(c_n[-1])).astype(dtype)
+    final = np.asarray(stack.params["final_norm"]).astype(np.float64)
+    params["final_norm"] = jnp.asarray(_fold(final, "sign", c_n[-1], spec.norm_offset).astype(
+        np.float32), dtype)
     params["layers"] = layers
     spec = stack.spec.with_num_layers(tuple(stack.spec.sliding_layers[i] for i in ids))
     return Checkpoint(spec=spec, params=params, config=stack.config, source_dir=stack.source_dir)

@@ -81,7 +81,7 @@ def population_hidden(params: dict, spec: ModelSpec, path_spec: PathSpec, genome
     the hook for task metrics that work on hidden states."""
     slot_layer_n, used_pn, scale_pn = window_slots(
         path_spec, spec, decode_population(path_spec, genomes_pd))
-    h_bsd = embed(params, tokens_bs)
+    h_bsd = embed(params, spec, tokens_bs)
     h_pbsd = jnp.broadcast_to(h_bsd, (used_pn.shape[0],) + h_bsd.shape)
     h, _ = run_slots(params, spec, slot_layer_n, used_pn, scale_pn, h_pbsd,
                      prompt_context(spec, tokens_bs, mask_bs))
@@ -105,7 +105,7 @@ def path_hidden(params: dict, spec: ModelSpec, layer_n, scale_n, used_n, tokens_
     skipped by lax.cond and costs nothing, and padding to a few bucket lengths saves the compile
     that each distinct path length would otherwise need."""
     h, _ = run_slots(params, spec, layer_n, used_n[None], scale_n[None],
-                     embed(params, tokens_bs)[None], prompt_context(spec, tokens_bs, mask_bs))
+                     embed(params, spec, tokens_bs)[None], prompt_context(spec, tokens_bs, mask_bs))
     return h[0]
 
 

@@ -38,7 +38,7 @@ def slots_generate(params: dict, spec: ModelSpec, slot_layer_n, used_pn, scale_p
     caches = (jnp.zeros(cache_shape, dtype), jnp.zeros(cache_shape, dtype))
 
     def embed_fn(tokens):  # the shared prompt [B, S], then each candidate's tokens [P, B, 1]
-        h = embed(params, tokens)
+        h = embed(params, spec, tokens)
         return jnp.broadcast_to(h, (p,) + h.shape[-3:])
 
     def layers_fn(h, ctx, caches, cache_index):

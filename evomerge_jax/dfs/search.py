@@ -148,7 +148,7 @@ class DFSSearch:
         def layer_block(name):
             def read_one(ids, own):
                 src, layer = (0, ids[0]) if ids[0] < a_layers else (1, ids[0] - a_layers)
-                return readers[src].read_slice(layer_hf_name(name, layer), own, dt)
+                return readers[src].read_slice(layer_hf_name(name, layer, spec), own, dt)
             return read_one
 
         params = {n: read_global(shapes[n].shape, dt, shardings[n], 0, lambda ids, own, n=n:

@@ -19,7 +19,7 @@ from .genome import PathSpec
 # tying does not matter.
 _SHARED_FIELDS = ("architecture", "hidden_size", "vocab_size", "intermediate_size", "num_heads",
                   "num_kv_heads", "head_dim", "rms_norm_eps", "rope", "hidden_act",
-                  "layer_tensors")
+                  "layer_tensors", "norm_offset", "query_scale", "attn_softcap", "local_rope")
 
 
 def source_name(ckpt: Checkpoint, index: int) -> str:

@@ -57,9 +57,9 @@ def _from_spec(reader: TensorReader) -> Layout:
     spec = reader.spec
     pre = (global_hf_name("embed"),)
     post = tuple(global_hf_name(g) for g in spec.global_tensors if g != "embed")
-    layer = tuple(layer_hf_name(short, "{}") for short in spec.layer_tensors)
+    layer = tuple(layer_hf_name(short, "{}", spec) for short in spec.layer_tensors)
     shapes = {global_hf_name(g): spec.global_shape(g) for g in spec.global_tensors}
-    shapes.update({layer_hf_name(s, "{}"): spec.layer_shape(s) for s in spec.layer_tensors})
+    shapes.update({layer_hf_name(s, "{}", spec): spec.layer_shape(s) for s in spec.layer_tensors})
     return Layout(reader.root, reader.config, spec.architecture, spec, spec.num_layers, pre, layer,
                   post, shapes, spec.vocab_size)
 

@@ -62,12 +62,12 @@ def merged_tensors(search, genome, key_data):
     del pairs
     yield global_hf_name("embed"), np.asarray(globals_["embed"])
     for layer in range(spec.num_layers):
-        pairs = {short: read(layer_hf_name(short, layer)) for short in spec.layer_tensors}
+        pairs = {short: read(layer_hf_name(short, layer, spec)) for short in spec.layer_tensors}
         layer_w = ({s: b for s, (b, _) in pairs.items()}, {s: k for s, (_, k) in pairs.items()}, {})
         coefs = {n: v[None][:, table[layer]] for n, v in values.items()}
         merged = _merge_layer(model, layer_w, coefs, key_data[None], layer)
         for short in spec.layer_tensors:
-            yield layer_hf_name(short, layer), np.asarray(merged[short][0])
+            yield layer_hf_name(short, layer, spec), np.asarray(merged[short][0])
     for short in names[1:]:
         yield global_hf_name(short), np.asarray(globals_[short])
 

@@ -120,7 +120,7 @@ class PSModel:
         def embed_one(args):
             values, key_data = args
             table = self.merge_global(weights, values, key_data, "embed")
-            return jnp.take(table, tokens_bs, axis=0)
+            return embed_tokens({"embed": table}, spec, tokens_bs)
 
         h = jax.lax.map(embed_one, (cand["values"], cand["key"]), batch_size=self.global_batch)
 
@@ -159,8 +159,8 @@ class PSModel:
 
         def embed_fn(tokens):
             if tokens.ndim == 2:  # the shared prompt
-                return jax.vmap(lambda e: embed_tokens({"embed": e}, tokens))(embeds)
-            return jax.vmap(lambda e, t: embed_tokens({"embed": e}, t))(embeds, tokens)
+                return jax.vmap(lambda e: embed_tokens({"embed": e}, spec, tokens))(embeds)
+            return jax.vmap(lambda e, t: embed_tokens({"embed": e}, spec, t))(embeds, tokens)
 
         def layers_fn(h, ctx, caches, cache_index):
             def step(h_pbsd, xs):

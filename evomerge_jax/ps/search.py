@@ -96,7 +96,7 @@ def load_weights(cfg, spec, dtype: str, uses_tables: bool, mesh) -> dict:
 
         def read_one(ids, own):
             layer, source = (ids[0] if layered else None), (ids[-1] + 1 if part == "sources" else 0)
-            hf = layer_hf_name(name, layer) if layered else global_hf_name(name)
+            hf = layer_hf_name(name, layer, spec) if layered else global_hf_name(name)
             return readers[source].read_slice(hf, own, dt)
 
         return read_global(x.shape, dt, sharding, stacked, read_one)
