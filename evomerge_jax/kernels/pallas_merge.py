@@ -58,7 +58,8 @@ def merge_call(steps: MergeSteps, base_rc, sources_krc, relative_krc, floats_pf,
                out_dtype, tile=DEFAULT_TILE, interpret: bool = False):
     """[P, R, C] merged tensors, in `out_dtype`."""
     (rows, cols), k, p = base_rc.shape, sources_krc.shape[0], floats_pf.shape[0]
-    layout, block, has_relative = ScalarLayout(k), tile_shape(rows, cols, tile), relative_krc is not None
+    layout, block = ScalarLayout(k), tile_shape(rows, cols, tile)
+    has_relative = relative_krc is not None
 
     def kernel(*refs):
         out_ref = refs[-1]
@@ -78,7 +79,8 @@ def kept_l1_call(steps: MergeSteps, base_rc, sources_krc, relative_krc, floats_p
                  tile=DEFAULT_TILE, interpret: bool = False):
     """[P, K] Σ|kept| of each candidate's sparsified sources (partial sums per tile, then jnp)."""
     (rows, cols), k, p = base_rc.shape, sources_krc.shape[0], floats_pf.shape[0]
-    layout, block, has_relative = ScalarLayout(k), tile_shape(rows, cols, tile), relative_krc is not None
+    layout, block = ScalarLayout(k), tile_shape(rows, cols, tile)
+    has_relative = relative_krc is not None
     width = pow2_at_least(k, 8)
     tiles_c = pl.cdiv(cols, block[1])
 

@@ -69,7 +69,8 @@ def kept_sources(steps: MergeSteps, base, sources, relative, flat_index, get):
             tied = (magnitude == threshold) & (flat_index <= cutoff)
             mask = ((magnitude > threshold) | tied) & (density > 0)
         elif name == "magnitude_outliers":
-            mask = (magnitude <= get("hi", k)) & (magnitude >= get("lo", k)) & (get("active", k) > 0)
+            band = (magnitude <= get("hi", k)) & (magnitude >= get("lo", k))
+            mask = band & (get("active", k) > 0)
         else:
             k0, k1 = get("key0", k), get("key1", k)
             uniform = uniform_from_bits(hash3(k0, k1, flat_index))

@@ -136,7 +136,8 @@ class PSSearch:
         self.model = PSModel(spec, self.layout, cfg.merge.method, cfg.merge.rescale_rule,
                              tuple(sorted(cfg.merge.parameters.items())), self.dtype, uses_tables,
                              cfg.compute.prng,
-                             **kernel_fields(cfg.compute.kernels, cfg.merge.method, cfg.compute.prng))
+                             **kernel_fields(cfg.compute.kernels, cfg.merge.method,
+                                             cfg.compute.prng))
         self.weights = None  # device weights, after `load()` (export reads the files instead)
 
     @property
