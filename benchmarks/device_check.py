@@ -210,7 +210,8 @@ def generation_section(world, size) -> dict:
         cfg = evolve_config(world, generation_config(world, size, mode), p)
         search, tasks, tokenizer, _ = prepare(cfg, log=lambda *_: 0)
         search.load()
-        genomes = np.random.default_rng(0).uniform(0.2, 0.8, (p, search.num_dims)).astype(np.float32)
+        genomes = np.random.default_rng(0).uniform(0.2, 0.8, (p, search.num_dims))
+        genomes = genomes.astype(np.float32)
         ev = Evaluator(search.model, search.weights, tasks, tokenizer, population=p, chunk_size=p)
         rows = [tasks[0].fitness_rows(0, 0, 0)]
         seconds = timed(lambda: ev.fitness_scores(genomes, candidate_keys(0, 0, range(p)), rows), 1)
