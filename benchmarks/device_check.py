@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -269,15 +270,18 @@ def run(tiny: bool, out_path: Path) -> dict:
         report["seconds"][name] = time.perf_counter() - start
         return value
 
-    report["parity"] = section("parity", lambda: parity(root, size))
-    peak = section("matmul", lambda: matmul_rate(512 if tiny else 8192, jnp.bfloat16))
-    report["matmul"] = {"bfloat16_flops_measured": peak, "bfloat16_flops_nominal": nominal}
-    world = section("build", lambda: build_world(root, size, "float32" if tiny else "bfloat16"))
-    report["mfu"], report["memory"] = section(
-        "mfu", lambda: population_section(world, size, peak, nominal))
-    report["generation"] = section("generation", lambda: generation_section(world, size))
-    report["kernels"] = section("kernels", lambda: kernels_section(
-        size, interpret=device.platform == "cpu"))
+    try:
+        report["parity"] = section("parity", lambda: parity(root, size))
+        peak = section("matmul", lambda: matmul_rate(512 if tiny else 8192, jnp.bfloat16))
+        report["matmul"] = {"bfloat16_flops_measured": peak, "bfloat16_flops_nominal": nominal}
+        world = section("build", lambda: build_world(root, size, "float32" if tiny else "bfloat16"))
+        report["mfu"], report["memory"] = section(
+            "mfu", lambda: population_section(world, size, peak, nominal))
+        report["generation"] = section("generation", lambda: generation_section(world, size))
+        report["kernels"] = section("kernels", lambda: kernels_section(
+            size, interpret=device.platform == "cpu"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # the models (GBs at full size)
     report["ok"] = bool(report["parity"]["ok"] and report["kernels"]["ok"])
     tmp = out_path.with_suffix(out_path.suffix + ".tmp")
     tmp.write_text(json.dumps(report, indent=2))
