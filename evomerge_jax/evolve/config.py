@@ -210,6 +210,7 @@ class ComputeSection(_Strict):
     chunk_size: PositiveInt | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     prng: Literal["hash", "threefry"] = "hash"
+    kernels: Literal["auto", "pallas", "jnp"] = "auto"  # the PS merge's backend (kernels/)
 
 
 class EvolveConfig(_Strict):

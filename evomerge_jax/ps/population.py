@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from ..arch import ModelSpec
 from ..generation import greedy_loop
+from ..kernels import KERNEL_METHODS, population_merge
 from ..merge.methods import get_method, merge_tensor
 from ..model import decoder_layer, make_context, positions_from_mask, sliding_flags, unembed
 from ..model import embed as embed_tokens
@@ -56,6 +57,8 @@ class PSModel:
     uses_tables: bool                            # magnitude sparsifiers: sorted tables in weights
     prng: str = "hash"                           # generator of the random masks (prng.py)
     global_batch: int = 1                        # candidates per step of the global-tensor map
+    kernels: str = "jnp"                         # merge backend: "pallas" (kernels/) or "jnp"
+    interpret: bool = False                      # run the Pallas kernels interpreted (CPU)
 
     # ---- merging -------------------------------------------------------------------------
     def merge_one(self, base, sources_k, params: dict, key, table_kn=None):
@@ -71,6 +74,20 @@ class PSModel:
                               **options)
         return merged.astype(self.dtype)
 
+    @property
+    def fused(self) -> bool:
+        """Whether tensors merge through the fused population kernel (kernels/)."""
+        return self.kernels == "pallas" and self.method in KERNEL_METHODS
+
+    def merge_population(self, base, sources_k, params: dict, keys_p2, name: str, layer=None,
+                         table_kn=None):
+        """One tensor for the P candidates by the fused kernel: [P, ...] in the forward dtype."""
+        return population_merge(
+            self.method, base, sources_k, {**dict(self.fixed), **params}, keys_p2,
+            backend="pallas", prng=self.prng, rescale_rule=self.rescale_rule, out_dtype=self.dtype,
+            table_kn=table_kn, wrap_key=lambda data: tensor_key(data, name, layer, self.prng),
+            interpret=self.interpret)
+
     def candidates(self, genomes_pd, keys_p2):
         return {"values": self.layout.to_values(genomes_pd, jnp), "key": keys_p2}
 
@@ -80,6 +97,10 @@ class PSModel:
     def merge_global(self, weights, values: dict, key_data, name: str):
         table = weights["tables"].get(name) if self.uses_tables else None
         params = self._group_params(values, self.layout.global_group(name))
+        if self.fused:  # one candidate (the global-tensor map batches these by vmap)
+            one = {n: jnp.asarray(v)[None] for n, v in params.items()}
+            return self.merge_population(weights["base"][name], weights["sources"][name], one,
+                                         jnp.asarray(key_data)[None], name, None, table)[0]
         return self.merge_one(weights["base"][name], weights["sources"][name], params,
                               tensor_key(key_data, name, prng=self.prng), table)
 
@@ -94,6 +115,11 @@ class PSModel:
         out = {}
         for name in self.spec.layer_tensors:
             kind = self.layout.kind_of(name)
+            if self.fused:
+                params = {n: v[:, kind] for n, v in coefs_l.items()}
+                out[name] = self.merge_population(base[name], sources[name], params, keys, name,
+                                                  layer, tables.get(name))
+                continue
 
             def one(coef, key_data, name=name, kind=kind):
                 params = {n: v[kind] for n, v in coef.items()}

@@ -22,6 +22,7 @@ from ..checkpoint import DTYPES, TensorReader, read_config
 from ..errors import ConfigError
 from ..evolve.strategy import build_strategy
 from ..evolve.tasks import load_tasks, load_tokenizer
+from ..kernels import kernel_fields
 from ..merge.sparsify import magnitude_table
 from ..evolve.method_genes import uses_tables as method_uses_tables
 from ..parallel.mesh import first_device_mesh, read_global, weight_shardings
@@ -134,7 +135,9 @@ class PSSearch:
         uses_tables = method_uses_tables(cfg.merge.method)
         self.model = PSModel(spec, self.layout, cfg.merge.method, cfg.merge.rescale_rule,
                              tuple(sorted(cfg.merge.parameters.items())), self.dtype, uses_tables,
-                             cfg.compute.prng)
+                             cfg.compute.prng,
+                             **kernel_fields(cfg.compute.kernels, cfg.merge.method,
+                                             cfg.compute.prng))
         self.weights = None  # device weights, after `load()` (export reads the files instead)
 
     @property
