@@ -209,6 +209,7 @@ class ComputeSection(_Strict):
     chunk_size: PositiveInt | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     prng: Literal["hash", "threefry"] = "hash"
+    generation: Literal["auto", "cached", "remerge"] = "auto"  # PS generate: memory_model.py
 
 
 class EvolveConfig(_Strict):

@@ -59,6 +59,7 @@ class Bytes:
     activations: int = 0  # hidden states, MLP and attention temporaries (scores included)
     kv_cache: int = 0
     globals: int = 0      # merged embed / LM head held per candidate (generate)
+    layers: int = 0       # every merged layer kept per candidate (generate, cached mode)
     logits: int = 0
 
     @property
@@ -119,16 +120,19 @@ def activation_bytes(spec: ModelSpec, w: Workload, dtype: str, model_axis: int =
 
 
 def ps_candidate_bytes(spec: ModelSpec, num_sources: int, dtype: str, w: Workload,
-                       model_axis: int = 1) -> tuple[Bytes, Bytes]:
+                       model_axis: int = 1, cached: bool = False) -> tuple[Bytes, Bytes]:
     """(per candidate of the layer scan, per candidate of the global-tensor map) of one PS
-    workload. A generate task merges embed and head once per candidate and keeps them."""
+    workload. A generate task merges embed and head once per candidate and keeps them; in the
+    `cached` generation mode it also keeps every merged layer (L layers in the forward dtype)."""
     k, b = num_sources, DTYPE_BYTES[dtype]
     vocab = vocab_elements(spec, model_axis)
     heads = 1 if spec.tie_word_embeddings else 2
     scan = Bytes(merge=layer_elements(spec, model_axis) * F32 * (k + 1))
     scan = scan + activation_bytes(spec, w, dtype, model_axis)
     if w.new_tokens:  # embed and head merged for all candidates at once (vmap), then kept
-        return scan + Bytes(globals=heads * vocab * b + vocab * F32 * (k + 2)), Bytes()
+        kept = spec.num_layers * layer_elements(spec, model_axis) * b if cached else 0
+        return scan + Bytes(globals=heads * vocab * b + vocab * F32 * (k + 2),
+                            layers=kept), Bytes()
     return scan, Bytes(globals=vocab * F32 * (2 * k + 2),
                        logits=w.rows * w.seq * _axis(spec.vocab_size, model_axis) * F32)
 
@@ -188,6 +192,21 @@ def workloads(shapes) -> tuple[Workload, ...]:
            ] if teacher else []
     return tuple(out) + tuple(Workload(t.rows, t.seq_len - t.new_tokens, t.new_tokens)
                               for t in shapes if t.new_tokens)
+
+
+GENERATION_MODES = ("auto", "cached", "remerge")
+
+
+def generation_mode(setting: str, cached_fits) -> str:
+    """The generation mode of a PS pass with generate tasks: `cached` (every layer merged once
+    per device call, reused by every decode step) when `compute.generation` says so, or under
+    `auto` when at least one candidate per device fits with its merged layers kept
+    (`cached_fits()`); else `remerge` (each layer re-merged at every decode step)."""
+    if setting not in GENERATION_MODES:
+        raise ValueError(f"generation mode {setting!r}: one of {', '.join(GENERATION_MODES)}")
+    if setting != "auto":
+        return setting
+    return "cached" if cached_fits() else "remerge"
 
 
 def choose_chunk(free: int, per_candidate: int, per_global: int, population: int, n_pop: int,

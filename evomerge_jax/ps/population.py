@@ -17,7 +17,9 @@ candidates (vmap: P × one layer), and applies it. The global tensors (embed, lm
 in most models) are merged `global_batch` candidates at a time inside a `lax.map`, for the embedding
 lookup and for the head, so they never cost P copies either. Free generation (the `generate`
 task) merges the globals once per candidate (P × embed/head) and re-merges each layer at every
-decoding step: compute traded for memory, so that the KV cache is the only per-step state.
+decoding step (`generation="remerge"`), or merges every layer once per device call and reuses
+the merged layers over the prefill and all decode steps (`generation="cached"`: P × one model in
+the forward dtype). The evaluator picks the mode from the memory model (`compute.generation`).
 
 Randomness (DARE, DELLA). Candidate c of generation g draws its masks from
 `candidate_key(seed, g, c)`, folded with a stable id of the tensor and its layer index
@@ -56,6 +58,7 @@ class PSModel:
     uses_tables: bool                            # magnitude sparsifiers: sorted tables in weights
     prng: str = "hash"                           # generator of the random masks (prng.py)
     global_batch: int = 1                        # candidates per step of the global-tensor map
+    generation: str = "remerge"                  # generate: "cached" layers or "remerge" per step
 
     # ---- merging -------------------------------------------------------------------------
     def merge_one(self, base, sources_k, params: dict, key, table_kn=None):
@@ -146,6 +149,15 @@ class PSModel:
         return jax.lax.map(one, (cand["values"], cand["key"], h_pbsd),
                            batch_size=self.global_batch)
 
+    def merged_layers(self, weights, cand) -> dict:
+        """Every layer of every candidate merged once: {name: [L, P, ...]} in the forward dtype
+        (the same `merge_layer` and keys as the layer scan, one layer's temporaries at a time)."""
+        def step(_, xs):
+            layer_w, coefs_l, _flag, layer = xs
+            return None, self.merge_layer(layer_w, coefs_l, cand["key"], layer)
+
+        return jax.lax.scan(step, None, self._layer_inputs(weights, cand))[1]
+
     def generate(self, weights, cand, tokens_bs, mask_bs, *, max_new_tokens: int,
                  eos_ids: tuple[int, ...], pad_id: int):
         spec = self.spec
@@ -153,19 +165,26 @@ class PSModel:
         embeds = heads["embed"] if spec.tie_word_embeddings else jax.vmap(
             partial(self.merge_global, weights, name="embed"))(cand["values"], cand["key"])
         layer_inputs = self._layer_inputs(weights, cand)
+        if self.generation == "cached":  # merged once here, outside the decode loop
+            layer_inputs = (self.merged_layers(weights, cand), layer_inputs[2])
 
         def embed_fn(tokens):
             if tokens.ndim == 2:  # the shared prompt
                 return jax.vmap(lambda e: embed_tokens({"embed": e}, tokens))(embeds)
             return jax.vmap(lambda e, t: embed_tokens({"embed": e}, t))(embeds, tokens)
 
+        def layer_params(xs):
+            if self.generation == "cached":
+                return xs
+            layer_w, coefs_l, is_sliding, layer = xs
+            return self.merge_layer(layer_w, coefs_l, cand["key"], layer), is_sliding
+
         def layers_fn(h, ctx, caches, cache_index):
             def step(h_pbsd, xs):
-                (layer_w, coefs_l, is_sliding, layer), k, v = xs
-                lp = self.merge_layer(layer_w, coefs_l, cand["key"], layer)
+                lp, is_sliding = layer_params(xs[0])
                 apply = lambda p, x, kk, vv: decoder_layer(  # noqa: E731
                     p, spec, x, ctx, is_sliding, (kk, vv), cache_index)
-                return jax.vmap(apply)(lp, h_pbsd, k, v)
+                return jax.vmap(apply)(lp, h_pbsd, *xs[1:])
 
             return jax.lax.scan(step, h, (layer_inputs, *caches))
 
@@ -182,7 +201,8 @@ class PSModel:
         """(bytes per candidate of the layer scan, per candidate of the global-tensor map) of one
         batch, as `memory_model.Bytes`: the planner's formulas (memory_model.py), one place."""
         return ps_candidate_bytes(self.spec, self.layout.num_sources, self.dtype,
-                                  Workload(rows, seq, new_tokens), model_axis)
+                                  Workload(rows, seq, new_tokens), model_axis,
+                                  cached=self.generation == "cached")
 
     def fixed_memory(self, model_axis: int = 1) -> int:
         return shared_merge_bytes(self.spec, self.layout.num_sources, model_axis)
