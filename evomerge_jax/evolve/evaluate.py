@@ -71,7 +71,7 @@ class PlainModel:
     def memory(self, rows, seq, new_tokens=0, model_axis=1):
         return 0, 0
 
-    def fixed_memory(self, model_axis=1):
+    def fixed_memory(self, model_axis=1, work=()):
         return 0
 
 
@@ -140,11 +140,12 @@ class Evaluator:
         one batch of every task; `chunk_size` and `global_batch` override (a resumed run reuses
         its plan)."""
         axis = self.mesh.shape.get(MODEL, 1)
-        scan, glob = pass_bytes(partial(model.memory, model_axis=axis),
-                                workloads(shape_of(t) for t in self.tasks))
+        work = workloads(shape_of(t) for t in self.tasks)
+        scan, glob = pass_bytes(partial(model.memory, model_axis=axis), work)
         per_cand, per_global = max(int(scan), 1), max(int(glob), 1)
         self.per_candidate, self.per_global = per_cand, per_global
-        self.free = free = max(self.budget, 0) // self.mesh.devices.size - model.fixed_memory(axis)
+        fixed = model.fixed_memory(axis, work)
+        self.free = free = max(self.budget, 0) // self.mesh.devices.size - fixed
         local, global_batch, fits = choose_chunk(free, per_cand, per_global, population,
                                                  self.n_dev, chunk_size, global_batch)
         return local * self.n_dev, global_batch, fits

@@ -12,8 +12,10 @@ implements the same way (routing layers instead of merging them):
         candidate), as `memory_model.Bytes`; fixed_memory(model_axis) -> bytes per device that
         do not grow with the candidates (memory_model.py holds every formula)
 
-Memory. The scan step receives layer l of the base and of the K sources, merges it for the P
-candidates (vmap: P × one layer), and applies it. The global tensors (embed, lm_head: the largest
+Memory. The scan step receives layer l of the base and of the K sources and, `merge_batch`
+candidates at a time (a `lax.map`), merges the layer and applies it to those candidates' hidden
+states: a candidate keeps nothing of the layer, so its cost in the scan is its hidden state, and
+the merge temporaries are those of `merge_batch` candidates whatever P is. The global tensors (embed, lm_head: the largest
 in most models) are merged `global_batch` candidates at a time inside a `lax.map`, for the embedding
 lookup and for the head, so they never cost P copies either. Free generation (the `generate`
 task) merges the globals once per candidate (P × embed/head) and re-merges each layer at every
@@ -59,6 +61,7 @@ class PSModel:
     prng: str = "hash"                           # generator of the random masks (prng.py)
     global_batch: int = 1                        # candidates per step of the global-tensor map
     generation: str = "remerge"                  # generate: "cached" layers or "remerge" per step
+    merge_batch: int = 1                         # candidates merged (and applied) at a time
 
     # ---- merging -------------------------------------------------------------------------
     def merge_one(self, base, sources_k, params: dict, key, table_kn=None):
@@ -88,21 +91,23 @@ class PSModel:
         table = jnp.asarray(self.layout.layer_table())
         return {n: jnp.moveaxis(v[:, table], 1, 0) for n, v in values.items()}
 
-    def merge_layer(self, layer_w, coefs_l, keys, layer) -> dict:
-        """Layer `layer` for every candidate: {name: [P, ...]} (P × one layer, the only copy)."""
+    def merge_candidate_layer(self, layer_w, coef, key_data, layer) -> dict:
+        """Layer `layer` of one candidate: {name: tensor} in the forward dtype."""
         base, sources, tables = layer_w
         out = {}
         for name in self.spec.layer_tensors:
-            kind = self.layout.kind_of(name)
-
-            def one(coef, key_data, name=name, kind=kind):
-                params = {n: v[kind] for n, v in coef.items()}
-                return self.merge_one(base[name], sources[name], params,
-                                      tensor_key(key_data, name, layer, self.prng),
-                                      tables.get(name))
-
-            out[name] = jax.vmap(one)(coefs_l, keys)
+            params = {n: v[self.layout.kind_of(name)] for n, v in coef.items()}
+            out[name] = self.merge_one(base[name], sources[name], params,
+                                       tensor_key(key_data, name, layer, self.prng),
+                                       tables.get(name))
         return out
+
+    def merge_layer(self, layer_w, coefs_l, keys, layer) -> dict:
+        """Layer `layer` for every candidate: {name: [P, ...]}, merged `merge_batch` candidates
+        at a time (a `lax.map`), so that the float32 merge temporaries are those of
+        `merge_batch` candidates whatever P is."""
+        one = lambda args: self.merge_candidate_layer(layer_w, *args, layer)  # noqa: E731
+        return jax.lax.map(one, (coefs_l, keys), batch_size=self.merge_batch)
 
     def _layer_inputs(self, weights, cand):
         tables = weights["tables"].get("layers", {}) if self.uses_tables else {}
@@ -126,9 +131,14 @@ class PSModel:
 
         def step(h_pbsd, xs):
             layer_w, coefs_l, is_sliding, layer = xs
-            lp = self.merge_layer(layer_w, coefs_l, cand["key"], layer)
-            apply = lambda p, x: decoder_layer(p, spec, x, ctx, is_sliding)[0]  # noqa: E731
-            return jax.vmap(apply)(lp, h_pbsd), None
+
+            def one(args):  # merge one candidate's layer and apply it: nothing kept per candidate
+                coef, key_data, h_bsd = args
+                lp = self.merge_candidate_layer(layer_w, coef, key_data, layer)
+                return decoder_layer(lp, spec, h_bsd, ctx, is_sliding)[0]
+
+            return jax.lax.map(one, (coefs_l, cand["key"], h_pbsd),
+                               batch_size=self.merge_batch), None
 
         h, _ = jax.lax.scan(step, h, self._layer_inputs(weights, cand))
         return h
@@ -173,19 +183,25 @@ class PSModel:
                 return jax.vmap(lambda e: embed_tokens({"embed": e}, tokens))(embeds)
             return jax.vmap(lambda e, t: embed_tokens({"embed": e}, t))(embeds, tokens)
 
-        def layer_params(xs):
-            if self.generation == "cached":
-                return xs
-            layer_w, coefs_l, is_sliding, layer = xs
-            return self.merge_layer(layer_w, coefs_l, cand["key"], layer), is_sliding
-
         def layers_fn(h, ctx, caches, cache_index):
-            def step(h_pbsd, xs):
-                lp, is_sliding = layer_params(xs[0])
+            def cached(h_pbsd, xs):
+                (lp, is_sliding), k, v = xs
                 apply = lambda p, x, kk, vv: decoder_layer(  # noqa: E731
                     p, spec, x, ctx, is_sliding, (kk, vv), cache_index)
-                return jax.vmap(apply)(lp, h_pbsd, *xs[1:])
+                return jax.vmap(apply)(lp, h_pbsd, k, v)
 
+            def remerge(h_pbsd, xs):  # one candidate's layer merged and applied at a time
+                (layer_w, coefs_l, is_sliding, layer), k, v = xs
+
+                def one(args):
+                    coef, key_data, h_bsd, kk, vv = args
+                    lp = self.merge_candidate_layer(layer_w, coef, key_data, layer)
+                    return decoder_layer(lp, spec, h_bsd, ctx, is_sliding, (kk, vv), cache_index)
+
+                return jax.lax.map(one, (coefs_l, cand["key"], h_pbsd, k, v),
+                                   batch_size=self.merge_batch)
+
+            step = cached if self.generation == "cached" else remerge
             return jax.lax.scan(step, h, (layer_inputs, *caches))
 
         def unembed_fn(h):
@@ -204,5 +220,7 @@ class PSModel:
                                   Workload(rows, seq, new_tokens), model_axis,
                                   cached=self.generation == "cached")
 
-    def fixed_memory(self, model_axis: int = 1) -> int:
-        return shared_merge_bytes(self.spec, self.layout.num_sources, model_axis)
+    def fixed_memory(self, model_axis: int = 1, work=()) -> int:
+        """Bytes per device that do not grow with the candidates, over the workloads `work`."""
+        return shared_merge_bytes(self.spec, self.layout.num_sources, model_axis, self.dtype,
+                                  work, self.merge_batch)

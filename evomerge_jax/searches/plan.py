@@ -130,14 +130,15 @@ class _Stage:
     hf_config: dict
     tokenizer: object
 
-    def resident(self, m: int, dtype: str) -> tuple[int, int, int]:
-        """(weights, tables, shared merge buffer) on one device of a model axis of size m."""
+    def resident(self, m: int, dtype: str, work=()) -> tuple[int, int, int]:
+        """(weights, tables, shared merge buffer and scan step) on one device of a model axis of
+        size m, for the workloads `work`."""
         one = model_elements(self.spec, m)
         if not self.sources:
             return one * DTYPE_BYTES[dtype], 0, 0
         return ((1 + self.sources) * one * DTYPE_BYTES[dtype],
                 self.sources * one * F32 if self.tables else 0,
-                shared_merge_bytes(self.spec, self.sources, m))
+                shared_merge_bytes(self.spec, self.sources, m, dtype, work))
 
     def memory(self, m: int, dtype: str, cached: bool = False):
         if self.sources:
@@ -196,7 +197,7 @@ def plan_memory(cfg, devices: int | None = None, device_memory: int | str | None
 
     def fit(m: int, dtype: str, shapes, pop: int = pop, cached=None) -> tuple:
         cached = generation == "cached" if cached is None else cached
-        weights, tables, shared = stage.resident(m, dtype)
+        weights, tables, shared = stage.resident(m, dtype, workloads(shapes))
         scan, glob = pass_bytes(stage.memory(m, dtype, cached), workloads(shapes))
         free = device_memory - weights - tables - shared
         local, gb, fits = choose_chunk(free, scan.total, glob.total, population, pop,
