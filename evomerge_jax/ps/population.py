@@ -184,11 +184,11 @@ class PSModel:
             return jax.vmap(lambda e, t: embed_tokens({"embed": e}, t))(embeds, tokens)
 
         def layers_fn(h, ctx, caches, cache_index):
-            def cached(h_pbsd, xs):
+            def cached(h_pbsd, xs):  # one candidate at a time: plain (unbatched) matmuls
                 (lp, is_sliding), k, v = xs
-                apply = lambda p, x, kk, vv: decoder_layer(  # noqa: E731
-                    p, spec, x, ctx, is_sliding, (kk, vv), cache_index)
-                return jax.vmap(apply)(lp, h_pbsd, k, v)
+                apply = lambda a: decoder_layer(  # noqa: E731
+                    a[0], spec, a[1], ctx, is_sliding, a[2:], cache_index)
+                return jax.lax.map(apply, (lp, h_pbsd, k, v))
 
             def remerge(h_pbsd, xs):  # one candidate's layer merged and applied at a time
                 (layer_w, coefs_l, is_sliding, layer), k, v = xs
@@ -205,7 +205,7 @@ class PSModel:
             return jax.lax.scan(step, h, (layer_inputs, *caches))
 
         def unembed_fn(h):
-            return jax.vmap(lambda p, x: unembed(p, spec, x))(heads, h)
+            return jax.lax.map(lambda a: unembed(a[0], spec, a[1]), (heads, h))
 
         p, (b, s) = cand["key"].shape[0], tokens_bs.shape
         shape = (spec.num_layers, p, b, s + max_new_tokens, spec.num_kv_heads, spec.head_dim)
