@@ -15,8 +15,8 @@ implements the same way (routing layers instead of merging them):
 Memory. The scan step receives layer l of the base and of the K sources and, `merge_batch`
 candidates at a time (a `lax.map`), merges the layer and applies it to those candidates' hidden
 states: a candidate keeps nothing of the layer, so its cost in the scan is its hidden state, and
-the merge temporaries are those of `merge_batch` candidates whatever P is. The global tensors (embed, lm_head: the largest
-in most models) are merged `global_batch` candidates at a time inside a `lax.map`, for the embedding
+the merge temporaries are those of `merge_batch` candidates whatever P is. The global tensors
+(embed, lm_head: the largest in most models) are merged `global_batch` candidates at a time inside a `lax.map`, for the embedding
 lookup and for the head, so they never cost P copies either. Free generation (the `generate`
 task) merges the globals once per candidate (P × embed/head) and re-merges each layer at every
 decoding step (`generation="remerge"`), or merges every layer once per device call and reuses
