@@ -128,12 +128,15 @@ def main():
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--mergekit-candidates", type=int, default=3)
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the compiled memory at P = 1, 16, 64 (no timing, no mergekit)")
+    ap.add_argument("--global-batch", type=int, default=None,
+                    help="candidates per step of the global-tensor map (default: from memory)")
     args = ap.parse_args()
     import jax
-    import jax.numpy as jnp
     import torch
 
-    from evomerge_jax.evolve.evaluate import Evaluator, population_pass
+    from evomerge_jax.evolve.evaluate import Evaluator
     from evomerge_jax.parallel.seeds import candidate_keys
     from evomerge_jax.searches.run import prepare
 
@@ -153,7 +156,10 @@ def main():
           f"{args.seq} tokens; float32; {jax.device_count()} CPU device, "
           f"{torch.get_num_threads()} torch threads")
 
-    whole = Evaluator(search.model, search.weights, tasks, tokenizer, population=p, chunk_size=p)
+    whole = Evaluator(search.model, search.weights, tasks, tokenizer, population=p, chunk_size=p,
+                      global_batch=args.global_batch)
+    if args.memory_only:
+        return memory_report(search, whole, genomes, keys, rows, args, layer)
     single = Evaluator(search.model, search.weights, tasks, tokenizer, population=p, chunk_size=1)
     t_pop = timed(lambda: whole.fitness_scores(genomes[:p], keys[:p], rows), 3)
     t_one = timed(lambda: single.fitness_scores(genomes[:p], keys[:p], rows), 1)
@@ -173,13 +179,7 @@ def main():
     print(f"  nll of candidates 0-{n_mk - 1}: pass {np.round(nll_pop[:n_mk], 4).tolist()}, mergekit "
           f"{np.round(nll_mk, 4).tolist()} (DARE masks differ: mergekit draws its own)")
 
-    host, device = whole._assemble("fitness", rows)
-    shard = lambda x: jnp.asarray(x)  # noqa: E731
-    def compiled(n):
-        return population_pass.lower(
-            whole.model.__class__(**{**whole.model.__dict__, "global_batch": min(
-                whole.global_batch, n)}), whole.generations, whole.mesh, whole.weights,
-            shard(genomes[:n]), shard(keys[:n]), device).compile()
+    compiled = compiler(whole, genomes, keys, rows)
     spec, n_tok = search.spec, args.rows * args.seq
     # Matmul weights a token meets (the two norms of a layer excluded), and attention's two matmuls.
     dense = args.layers * (layer - 2 * spec.hidden_size) + spec.vocab_size * spec.hidden_size
@@ -193,6 +193,29 @@ def main():
           f"{peak / 1e9:.1f} GFLOP/s; ratio {model_flops / t_pop / peak:.2f} (XLA's own count of "
           f"the program, which counts each loop body once: {xla_flops / 1e9:.1f} GFLOP)")
 
+    memory_report(search, whole, genomes, keys, rows, args, layer)
+
+
+def compiler(whole, genomes, keys, rows):
+    """n -> the population pass compiled for the first n candidates."""
+    import jax.numpy as jnp
+
+    from evomerge_jax.evolve.evaluate import population_pass
+
+    _, device = whole._assemble("fitness", rows)
+
+    def compiled(n):
+        return population_pass.lower(
+            whole.model.__class__(**{**whole.model.__dict__, "global_batch": min(
+                whole.global_batch, n)}), whole.generations, whole.mesh, whole.weights,
+            jnp.asarray(genomes[:n]), jnp.asarray(keys[:n]), device).compile()
+    return compiled
+
+
+def memory_report(search, whole, genomes, keys, rows, args, layer):
+    import jax
+
+    compiled = compiler(whole, genomes, keys, rows)
     weights = sum(x.nbytes for x in jax.tree.leaves(search.weights))
     model_mib, layer_mib = weights / 3 / 2**20, layer * 4 / 2**20
     print(f"\ncompiled memory (XLA buffer assignment); the sources (base + 2) take "

@@ -13,6 +13,7 @@ import pytest
 from evolve_world import POPULATION, standard_config
 from evomerge_jax.evolve.config import load_config
 from evomerge_jax.evolve.evaluate import Evaluator
+from evomerge_jax.parallel.memory_model import shape_of, workloads
 from evomerge_jax.ps.genome import make_layout
 from evomerge_jax.parallel.seeds import candidate_keys
 from evomerge_jax.searches.run import prepare, score_model
@@ -71,7 +72,8 @@ def inside_nll(evaluator, genomes, keys):
 
 def test_memory_budget_splits_population(engine):
     search, tasks, tokenizer, evaluator = engine
-    fixed = evaluator.resident + search.model.fixed_memory()  # the weights, the layer merging
+    work = workloads(shape_of(t) for t in tasks)  # the weights, the layer merging and its step
+    fixed = evaluator.resident + search.model.fixed_memory(1, work)
     small = Evaluator(search.model, search.weights, tasks, tokenizer, population=POPULATION,
                       memory_budget=str(fixed + int(1.5 * evaluator.per_candidate)))
     assert small.chunk == 1 and evaluator.chunk == POPULATION
@@ -90,6 +92,7 @@ import json, sys
 import numpy as np, jax
 from evomerge_jax.evolve.config import load_config
 from evomerge_jax.evolve.evaluate import Evaluator
+from evomerge_jax.parallel.memory_model import shape_of, workloads
 from evomerge_jax.ps.genome import make_layout
 from evomerge_jax.parallel.seeds import candidate_keys
 from evomerge_jax.searches.run import prepare

@@ -100,7 +100,7 @@ class DFSModel:
         return dfs_candidate_bytes(self.spec, hi - lo, self.dtype, Workload(rows, seq, new_tokens),
                                    model_axis)
 
-    def fixed_memory(self, model_axis: int = 1) -> int:
+    def fixed_memory(self, model_axis: int = 1, work=()) -> int:
         return 0
 
 

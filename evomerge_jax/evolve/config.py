@@ -211,6 +211,7 @@ class ComputeSection(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     prng: Literal["hash", "threefry"] = "hash"
     kernels: Literal["auto", "pallas", "jnp"] = "auto"  # the PS merge's backend (kernels/)
+    generation: Literal["auto", "cached", "remerge"] = "auto"  # PS generate: memory_model.py
 
 
 class EvolveConfig(_Strict):

@@ -23,7 +23,8 @@ from ..arch import ModelSpec
 from ..fileio import parse_size
 from ..generation import greedy_generate
 from ..model import hidden_states, unembed
-from ..parallel.memory_model import choose_chunk, pass_bytes, shape_of, workloads
+from ..parallel.memory_model import (choose_chunk, generation_mode, pass_bytes, shape_of,
+                                     workloads)
 from ..parallel.mesh import MODEL, POP, make_mesh, put_global, weight_shardings
 from ..parallel.xla_options import merge_jit
 from .metrics import generation_of, run_tasks
@@ -70,7 +71,7 @@ class PlainModel:
     def memory(self, rows, seq, new_tokens=0, model_axis=1):
         return 0, 0
 
-    def fixed_memory(self, model_axis=1):
+    def fixed_memory(self, model_axis=1, work=()):
         return 0
 
 
@@ -88,9 +89,13 @@ class Evaluator:
 
     def __init__(self, model, weights, tasks, tokenizer, *, population: int = 1,
                  memory_budget: str | None = None, chunk_size: int | None = None,
-                 global_batch: int | None = None, devices=None, mesh=None, log=print):
+                 global_batch: int | None = None, devices=None, mesh=None, log=print,
+                 generation: str = "auto"):
         """`mesh` (pop, model) defaults to every local device (or `devices`) on `pop`; the
-        weights are placed on it as mesh.py splits them (a no-op for weights loaded there)."""
+        weights are placed on it as mesh.py splits them (a no-op for weights loaded there).
+        `generation` (`compute.generation`): how a merging model runs generate tasks, `cached`
+        or `remerge`, `auto` choosing by the memory model (`self.generation` holds the choice;
+        None when nothing generates or the model does not merge)."""
         if mesh is None:
             devices = list(devices or jax.local_devices())
             mesh = make_mesh(devices, len(devices), 1)
@@ -113,27 +118,43 @@ class Evaluator:
         self.budget = total - self.resident_per_device * n_all
         self.seq_len = max((t.seq_len for t in self.tasks if not TASK_TYPES[t.cfg.type].generates), default=0)
         self.generations = tuple(generation_of(t) for t in self.tasks if TASK_TYPES[t.cfg.type].generates)
-        self.chunk, self.global_batch = self._plan(model, population, chunk_size, global_batch)
+        self.generation = None
+        if self.generations and hasattr(model, "generation"):
+            cached = replace(model, generation="cached")
+            self.generation = generation_mode(generation, lambda: self._plan(
+                cached, population, chunk_size, global_batch)[2])
+            model = replace(model, generation=self.generation)
+        self.chunk, self.global_batch, fits = self._plan(model, population, chunk_size,
+                                                         global_batch)
+        if not fits and not chunk_size:
+            need = max(self.per_candidate, self.per_global) / 2**20
+            free = self.free / 2**20
+            self.log(f"warning: a device's memory budget beyond the weights ({free:.0f} MiB) "
+                     f"is below one candidate's estimated {need:.0f} MiB (see `evomerge "
+                     "plan`); scoring one candidate per device at a time")
         self.model = model
 
-    def _plan(self, model, population, chunk_size, global_batch) -> tuple[int, int]:
-        """Candidates per device call (a multiple of the device count, at most the population)
-        and the global-tensor batch, from the estimated bytes per candidate of one batch of every
-        task; `chunk_size` and `global_batch` override (a resumed run reuses its plan)."""
+    def _plan(self, model, population, chunk_size, global_batch) -> tuple[int, int, bool]:
+        """Candidates per device call (a multiple of the device count, at most the population),
+        the global-tensor batch and whether they fit, from the estimated bytes per candidate of
+        one batch of every task; `chunk_size` and `global_batch` override (a resumed run reuses
+        its plan)."""
         axis = self.mesh.shape.get(MODEL, 1)
-        scan, glob = pass_bytes(partial(model.memory, model_axis=axis),
-                                workloads(shape_of(t) for t in self.tasks))
+        work = workloads(shape_of(t) for t in self.tasks)
+        scan, glob = pass_bytes(partial(model.memory, model_axis=axis), work)
         per_cand, per_global = max(int(scan), 1), max(int(glob), 1)
-        self.per_candidate = per_cand
-        free = max(self.budget, 0) // self.mesh.devices.size - model.fixed_memory(axis)
+        self.per_candidate, self.per_global = per_cand, per_global
+        fixed = model.fixed_memory(axis, work)
+        self.free = free = max(self.budget, 0) // self.mesh.devices.size - fixed
         local, global_batch, fits = choose_chunk(free, per_cand, per_global, population,
                                                  self.n_dev, chunk_size, global_batch)
-        if not fits and not chunk_size:
-            need = max(per_cand, per_global) / 2**20
-            self.log(f"warning: a device's memory budget beyond the weights ({free / 2**20:.0f} "
-                     f"MiB) is below one candidate's estimated {need:.0f} MiB (see `evomerge "
-                     "plan`); scoring one candidate per device at a time")
-        return local * self.n_dev, global_batch
+        return local * self.n_dev, global_batch, fits
+
+    def use_generation(self, mode: str):
+        """Run generate tasks in `mode` (`cached` or `remerge`) from now on (a multi-process run
+        takes process 0's choice)."""
+        self.generation = mode
+        self.model = replace(self.model, generation=mode)
 
     def _call(self, genomes, keys, batch):
         """Run the pass over the population in chunks; outputs concatenated on P."""

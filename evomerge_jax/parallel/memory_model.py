@@ -39,6 +39,7 @@ F32 = 4
 SCAN_SHARE = 0.75  # of a device's free memory: the layer scan's candidates; the rest: global map
 GiB = 2**30
 KV_COPIES = 2  # the decode loop's carried caches and the layer scan's updated ones
+HIDDEN_COPIES = 2  # a candidate's hidden state entering and leaving a layer
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Bytes:
     activations: int = 0  # hidden states, MLP and attention temporaries (scores included)
     kv_cache: int = 0
     globals: int = 0      # merged embed / LM head held per candidate (generate)
+    layers: int = 0       # every merged layer kept per candidate (generate, cached mode)
     logits: int = 0
 
     @property
@@ -119,18 +121,32 @@ def activation_bytes(spec: ModelSpec, w: Workload, dtype: str, model_axis: int =
 
 
 def ps_candidate_bytes(spec: ModelSpec, num_sources: int, dtype: str, w: Workload,
-                       model_axis: int = 1) -> tuple[Bytes, Bytes]:
+                       model_axis: int = 1, cached: bool = False) -> tuple[Bytes, Bytes]:
     """(per candidate of the layer scan, per candidate of the global-tensor map) of one PS
-    workload. A generate task merges embed and head once per candidate and keeps them."""
+    workload. In the scan a candidate keeps only its hidden state (the layer is merged and
+    applied `merge_batch` candidates at a time: `ps_step_bytes`, counted once per device). A
+    generate task also keeps per candidate its KV cache, the merged embed and head, and in the
+    `cached` generation mode every merged layer (L layers in the forward dtype)."""
     k, b = num_sources, DTYPE_BYTES[dtype]
     vocab = vocab_elements(spec, model_axis)
     heads = 1 if spec.tie_word_embeddings else 2
-    scan = Bytes(merge=layer_elements(spec, model_axis) * F32 * (k + 1))
-    scan = scan + activation_bytes(spec, w, dtype, model_axis)
+    step = activation_bytes(spec, w, dtype, model_axis)
+    scan = Bytes(activations=HIDDEN_COPIES * w.rows * w.seq * spec.hidden_size * F32,
+                 kv_cache=step.kv_cache, logits=step.logits)
     if w.new_tokens:  # embed and head merged for all candidates at once (vmap), then kept
-        return scan + Bytes(globals=heads * vocab * b + vocab * F32 * (k + 2)), Bytes()
+        kept = spec.num_layers * layer_elements(spec, model_axis) * b if cached else 0
+        return scan + Bytes(globals=heads * vocab * b + vocab * F32 * (k + 2),
+                            layers=kept), Bytes()
     return scan, Bytes(globals=vocab * F32 * (2 * k + 2),
                        logits=w.rows * w.seq * _axis(spec.vocab_size, model_axis) * F32)
+
+
+def ps_step_bytes(spec: ModelSpec, num_sources: int, dtype: str, w: Workload,
+                  model_axis: int = 1) -> int:
+    """One candidate's step of the layer scan, whatever P is: its layer merged (float32 merge
+    temporaries, K + 1 copies of the layer) and applied (activations and attention scores)."""
+    merge = layer_elements(spec, model_axis) * F32 * (num_sources + 1)
+    return merge + activation_bytes(spec, w, dtype, model_axis).activations
 
 
 def dfs_candidate_bytes(spec: ModelSpec, window: int, dtype: str, w: Workload,
@@ -145,9 +161,14 @@ def dfs_candidate_bytes(spec: ModelSpec, window: int, dtype: str, w: Workload,
     return scan, Bytes(logits=3 * w.rows * w.seq * _axis(spec.vocab_size, model_axis) * F32)
 
 
-def shared_merge_bytes(spec: ModelSpec, num_sources: int, model_axis: int = 1) -> int:
-    """The K float32 task vectors of the layer being merged, once per device (PS)."""
-    return layer_elements(spec, model_axis) * F32 * num_sources
+def shared_merge_bytes(spec: ModelSpec, num_sources: int, model_axis: int = 1, dtype: str = "",
+                       work=(), merge_batch: int = 1) -> int:
+    """Once per device (PS): the K float32 task vectors of the layer being merged, and
+    `merge_batch` candidates' steps of the layer scan (`ps_step_bytes`, the largest over the
+    pass's workloads `work`)."""
+    steps = max((ps_step_bytes(spec, num_sources, dtype, w, model_axis) for w in work),
+                default=0)
+    return layer_elements(spec, model_axis) * F32 * num_sources + merge_batch * steps
 
 
 def pass_bytes(memory, workloads):
@@ -188,6 +209,21 @@ def workloads(shapes) -> tuple[Workload, ...]:
            ] if teacher else []
     return tuple(out) + tuple(Workload(t.rows, t.seq_len - t.new_tokens, t.new_tokens)
                               for t in shapes if t.new_tokens)
+
+
+GENERATION_MODES = ("auto", "cached", "remerge")
+
+
+def generation_mode(setting: str, cached_fits) -> str:
+    """The generation mode of a PS pass with generate tasks: `cached` (every layer merged once
+    per device call, reused by every decode step) when `compute.generation` says so, or under
+    `auto` when at least one candidate per device fits with its merged layers kept
+    (`cached_fits()`); else `remerge` (each layer re-merged at every decode step)."""
+    if setting not in GENERATION_MODES:
+        raise ValueError(f"generation mode {setting!r}: one of {', '.join(GENERATION_MODES)}")
+    if setting != "auto":
+        return setting
+    return "cached" if cached_fits() else "remerge"
 
 
 def choose_chunk(free: int, per_candidate: int, per_global: int, population: int, n_pop: int,

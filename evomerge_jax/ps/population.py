@@ -12,12 +12,16 @@ implements the same way (routing layers instead of merging them):
         candidate), as `memory_model.Bytes`; fixed_memory(model_axis) -> bytes per device that
         do not grow with the candidates (memory_model.py holds every formula)
 
-Memory. The scan step receives layer l of the base and of the K sources, merges it for the P
-candidates (vmap: P × one layer), and applies it. The global tensors (embed, lm_head: the largest
-in most models) are merged `global_batch` candidates at a time inside a `lax.map`, for the embedding
+Memory. The scan step receives layer l of the base and of the K sources and, `merge_batch`
+candidates at a time (a `lax.map`), merges the layer and applies it to those candidates' hidden
+states: a candidate keeps nothing of the layer, so its cost in the scan is its hidden state, and
+the merge temporaries are those of `merge_batch` candidates whatever P is. The global tensors
+(embed, lm_head: the largest in most models) are merged `global_batch` candidates at a time inside a `lax.map`, for the embedding
 lookup and for the head, so they never cost P copies either. Free generation (the `generate`
 task) merges the globals once per candidate (P × embed/head) and re-merges each layer at every
-decoding step: compute traded for memory, so that the KV cache is the only per-step state.
+decoding step (`generation="remerge"`), or merges every layer once per device call and reuses
+the merged layers over the prefill and all decode steps (`generation="cached"`: P × one model in
+the forward dtype). The evaluator picks the mode from the memory model (`compute.generation`).
 
 Randomness (DARE, DELLA). Candidate c of generation g draws its masks from
 `candidate_key(seed, g, c)`, folded with a stable id of the tensor and its layer index
@@ -59,6 +63,8 @@ class PSModel:
     global_batch: int = 1                        # candidates per step of the global-tensor map
     kernels: str = "jnp"                         # merge backend: "pallas" (kernels/) or "jnp"
     interpret: bool = False                      # run the Pallas kernels interpreted (CPU)
+    generation: str = "remerge"                  # generate: "cached" layers or "remerge" per step
+    merge_batch: int = 1                         # candidates merged (and applied) at a time
 
     # ---- merging -------------------------------------------------------------------------
     def merge_one(self, base, sources_k, params: dict, key, table_kn=None):
@@ -109,26 +115,29 @@ class PSModel:
         table = jnp.asarray(self.layout.layer_table())
         return {n: jnp.moveaxis(v[:, table], 1, 0) for n, v in values.items()}
 
-    def merge_layer(self, layer_w, coefs_l, keys, layer) -> dict:
-        """Layer `layer` for every candidate: {name: [P, ...]} (P × one layer, the only copy)."""
+    def merge_candidate_layer(self, layer_w, coef, key_data, layer) -> dict:
+        """Layer `layer` of one candidate: {name: tensor} in the forward dtype."""
         base, sources, tables = layer_w
         out = {}
         for name in self.spec.layer_tensors:
-            kind = self.layout.kind_of(name)
-            if self.fused:
-                params = {n: v[:, kind] for n, v in coefs_l.items()}
-                out[name] = self.merge_population(base[name], sources[name], params, keys, name,
-                                                  layer, tables.get(name))
+            params = {n: v[self.layout.kind_of(name)] for n, v in coef.items()}
+            if self.fused:  # the population kernel, with a population of one
+                one = {n: jnp.asarray(v)[None] for n, v in params.items()}
+                out[name] = self.merge_population(base[name], sources[name], one,
+                                                  jnp.asarray(key_data)[None], name, layer,
+                                                  tables.get(name))[0]
                 continue
-
-            def one(coef, key_data, name=name, kind=kind):
-                params = {n: v[kind] for n, v in coef.items()}
-                return self.merge_one(base[name], sources[name], params,
-                                      tensor_key(key_data, name, layer, self.prng),
-                                      tables.get(name))
-
-            out[name] = jax.vmap(one)(coefs_l, keys)
+            out[name] = self.merge_one(base[name], sources[name], params,
+                                       tensor_key(key_data, name, layer, self.prng),
+                                       tables.get(name))
         return out
+
+    def merge_layer(self, layer_w, coefs_l, keys, layer) -> dict:
+        """Layer `layer` for every candidate: {name: [P, ...]}, merged `merge_batch` candidates
+        at a time (a `lax.map`), so that the float32 merge temporaries are those of
+        `merge_batch` candidates whatever P is."""
+        one = lambda args: self.merge_candidate_layer(layer_w, *args, layer)  # noqa: E731
+        return jax.lax.map(one, (coefs_l, keys), batch_size=self.merge_batch)
 
     def _layer_inputs(self, weights, cand):
         tables = weights["tables"].get("layers", {}) if self.uses_tables else {}
@@ -152,9 +161,14 @@ class PSModel:
 
         def step(h_pbsd, xs):
             layer_w, coefs_l, is_sliding, layer = xs
-            lp = self.merge_layer(layer_w, coefs_l, cand["key"], layer)
-            apply = lambda p, x: decoder_layer(p, spec, x, ctx, is_sliding)[0]  # noqa: E731
-            return jax.vmap(apply)(lp, h_pbsd), None
+
+            def one(args):  # merge one candidate's layer and apply it: nothing kept per candidate
+                coef, key_data, h_bsd = args
+                lp = self.merge_candidate_layer(layer_w, coef, key_data, layer)
+                return decoder_layer(lp, spec, h_bsd, ctx, is_sliding)[0]
+
+            return jax.lax.map(one, (coefs_l, cand["key"], h_pbsd),
+                               batch_size=self.merge_batch), None
 
         h, _ = jax.lax.scan(step, h, self._layer_inputs(weights, cand))
         return h
@@ -175,6 +189,15 @@ class PSModel:
         return jax.lax.map(one, (cand["values"], cand["key"], h_pbsd),
                            batch_size=self.global_batch)
 
+    def merged_layers(self, weights, cand) -> dict:
+        """Every layer of every candidate merged once: {name: [L, P, ...]} in the forward dtype
+        (the same `merge_layer` and keys as the layer scan, one layer's temporaries at a time)."""
+        def step(_, xs):
+            layer_w, coefs_l, _flag, layer = xs
+            return None, self.merge_layer(layer_w, coefs_l, cand["key"], layer)
+
+        return jax.lax.scan(step, None, self._layer_inputs(weights, cand))[1]
+
     def generate(self, weights, cand, tokens_bs, mask_bs, *, max_new_tokens: int,
                  eos_ids: tuple[int, ...], pad_id: int):
         spec = self.spec
@@ -182,6 +205,8 @@ class PSModel:
         embeds = heads["embed"] if spec.tie_word_embeddings else jax.vmap(
             partial(self.merge_global, weights, name="embed"))(cand["values"], cand["key"])
         layer_inputs = self._layer_inputs(weights, cand)
+        if self.generation == "cached":  # merged once here, outside the decode loop
+            layer_inputs = (self.merged_layers(weights, cand), layer_inputs[2])
 
         def embed_fn(tokens):
             if tokens.ndim == 2:  # the shared prompt
@@ -189,17 +214,28 @@ class PSModel:
             return jax.vmap(lambda e, t: embed_tokens({"embed": e}, spec, t))(embeds, tokens)
 
         def layers_fn(h, ctx, caches, cache_index):
-            def step(h_pbsd, xs):
-                (layer_w, coefs_l, is_sliding, layer), k, v = xs
-                lp = self.merge_layer(layer_w, coefs_l, cand["key"], layer)
-                apply = lambda p, x, kk, vv: decoder_layer(  # noqa: E731
-                    p, spec, x, ctx, is_sliding, (kk, vv), cache_index)
-                return jax.vmap(apply)(lp, h_pbsd, k, v)
+            def cached(h_pbsd, xs):  # one candidate at a time: plain (unbatched) matmuls
+                (lp, is_sliding), k, v = xs
+                apply = lambda a: decoder_layer(  # noqa: E731
+                    a[0], spec, a[1], ctx, is_sliding, a[2:], cache_index)
+                return jax.lax.map(apply, (lp, h_pbsd, k, v))
 
+            def remerge(h_pbsd, xs):  # one candidate's layer merged and applied at a time
+                (layer_w, coefs_l, is_sliding, layer), k, v = xs
+
+                def one(args):
+                    coef, key_data, h_bsd, kk, vv = args
+                    lp = self.merge_candidate_layer(layer_w, coef, key_data, layer)
+                    return decoder_layer(lp, spec, h_bsd, ctx, is_sliding, (kk, vv), cache_index)
+
+                return jax.lax.map(one, (coefs_l, cand["key"], h_pbsd, k, v),
+                                   batch_size=self.merge_batch)
+
+            step = cached if self.generation == "cached" else remerge
             return jax.lax.scan(step, h, (layer_inputs, *caches))
 
         def unembed_fn(h):
-            return jax.vmap(lambda p, x: unembed(p, spec, x))(heads, h)
+            return jax.lax.map(lambda a: unembed(a[0], spec, a[1]), (heads, h))
 
         p, (b, s) = cand["key"].shape[0], tokens_bs.shape
         shape = (spec.num_layers, p, b, s + max_new_tokens, spec.num_kv_heads, spec.head_dim)
@@ -211,7 +247,10 @@ class PSModel:
         """(bytes per candidate of the layer scan, per candidate of the global-tensor map) of one
         batch, as `memory_model.Bytes`: the planner's formulas (memory_model.py), one place."""
         return ps_candidate_bytes(self.spec, self.layout.num_sources, self.dtype,
-                                  Workload(rows, seq, new_tokens), model_axis)
+                                  Workload(rows, seq, new_tokens), model_axis,
+                                  cached=self.generation == "cached")
 
-    def fixed_memory(self, model_axis: int = 1) -> int:
-        return shared_merge_bytes(self.spec, self.layout.num_sources, model_axis)
+    def fixed_memory(self, model_axis: int = 1, work=()) -> int:
+        """Bytes per device that do not grow with the candidates, over the workloads `work`."""
+        return shared_merge_bytes(self.spec, self.layout.num_sources, model_axis, self.dtype,
+                                  work, self.merge_batch)

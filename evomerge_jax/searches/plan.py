@@ -24,8 +24,9 @@ from ..evolve.tasks import load_task, load_tokenizer, pad_to
 from ..fileio import parse_size
 from ..evolve.method_genes import uses_tables
 from ..parallel.memory_model import (DTYPE_BYTES, F32, Bytes, GiB, TaskShape, Workload,
-                                     choose_chunk, dfs_candidate_bytes, model_elements, pass_bytes,
-                                     ps_candidate_bytes, shape_of, shared_merge_bytes, workloads)
+                                     choose_chunk, dfs_candidate_bytes, generation_mode,
+                                     model_elements, pass_bytes, ps_candidate_bytes, shape_of,
+                                     shared_merge_bytes, workloads)
 from ..parallel.mesh import mesh_sizes
 from ..ps.genome import make_layout
 from ..ps.search import check_models
@@ -54,6 +55,7 @@ class MemoryPlan:
     fits: bool
     problem: str | None = None         # why it does not fit, and what to change
     lines: dict = field(default_factory=dict)
+    generation: str | None = None      # PS generate tasks: "cached" or "remerge" (None: neither)
 
     @property
     def chunk(self) -> int:
@@ -78,6 +80,7 @@ def plan_lines(weights: int, tables: int, shared: int, scan: Bytes, glob: Bytes,
             "merge buffers (per layer)": (shared + c.merge, 0),
             "activations": (c.activations, 0), "KV caches": (c.kv_cache, 0),
             "global tensors (embed, lm_head)": (c.globals, g.globals),
+            "merged layers (cached generation)": (c.layers, 0),
             "logits": (c.logits, g.logits)}
 
 
@@ -127,19 +130,20 @@ class _Stage:
     hf_config: dict
     tokenizer: object
 
-    def resident(self, m: int, dtype: str) -> tuple[int, int, int]:
-        """(weights, tables, shared merge buffer) on one device of a model axis of size m."""
+    def resident(self, m: int, dtype: str, work=()) -> tuple[int, int, int]:
+        """(weights, tables, shared merge buffer and scan step) on one device of a model axis of
+        size m, for the workloads `work`."""
         one = model_elements(self.spec, m)
         if not self.sources:
             return one * DTYPE_BYTES[dtype], 0, 0
         return ((1 + self.sources) * one * DTYPE_BYTES[dtype],
                 self.sources * one * F32 if self.tables else 0,
-                shared_merge_bytes(self.spec, self.sources, m))
+                shared_merge_bytes(self.spec, self.sources, m, dtype, work))
 
-    def memory(self, m: int, dtype: str):
+    def memory(self, m: int, dtype: str, cached: bool = False):
         if self.sources:
             return lambda r, s, n: ps_candidate_bytes(self.spec, self.sources, dtype,
-                                                      Workload(r, s, n), m)
+                                                      Workload(r, s, n), m, cached)
         return lambda r, s, n: dfs_candidate_bytes(self.spec, self.window, dtype,
                                                    Workload(r, s, n), m)
 
@@ -191,20 +195,28 @@ def plan_memory(cfg, devices: int | None = None, device_memory: int | str | None
     shapes, task_notes = _task_shapes(cfg, stage.tokenizer,
                                       stage.hf_config.get("max_position_embeddings"), seq_len)
 
-    def fit(m: int, dtype: str, shapes, pop: int = pop) -> tuple:
-        weights, tables, shared = stage.resident(m, dtype)
-        scan, glob = pass_bytes(stage.memory(m, dtype), workloads(shapes))
+    def fit(m: int, dtype: str, shapes, pop: int = pop, cached=None) -> tuple:
+        cached = generation == "cached" if cached is None else cached
+        weights, tables, shared = stage.resident(m, dtype, workloads(shapes))
+        scan, glob = pass_bytes(stage.memory(m, dtype, cached), workloads(shapes))
         free = device_memory - weights - tables - shared
         local, gb, fits = choose_chunk(free, scan.total, glob.total, population, pop,
                                        cfg.compute.chunk_size)
         return weights, tables, shared, scan, glob, local, gb, fits
 
+    generation = None
+    if stage.sources and any(t.new_tokens for t in shapes):  # as the evaluator chooses it
+        generation = generation_mode(cfg.compute.generation, lambda: fit(
+            m, dtype, shapes, cached=True)[-1])
+        if generation == "remerge" and cfg.compute.generation == "auto":
+            notes.append("generate tasks re-merge every layer at each decode step: one candidate "
+                         "with its merged layers kept does not fit")
     weights, tables, shared, scan, glob, local, gb, fits = result = fit(m, dtype, shapes)
     problem = None if fits else _advice(cfg, device_memory, (pop, m), dtype, shapes, fit, result)
     plan = MemoryPlan(cfg.search, devices, (pop, m), device_memory, dtype, population,
                       workloads(shapes), tuple(notes + task_notes), weights, tables, shared, scan,
                       glob, local, gb, fits, problem,
-                      plan_lines(weights, tables, shared, scan, glob, local, gb))
+                      plan_lines(weights, tables, shared, scan, glob, local, gb), generation)
     if check and problem:
         raise ConfigError(problem)
     return plan
@@ -289,5 +301,9 @@ def plan_table(plan: MemoryPlan):
                else f"does not fit: {plan.problem}")
     batches = ", ".join(f"{w.rows} x {w.seq}" + (f" + {w.new_tokens} new" if w.new_tokens else "")
                         for w in plan.workloads)
-    table.caption = "\n".join([verdict, f"batches (rows x tokens): {batches}", *plan.notes])
+    modes = {"cached": "cached (every layer merged once per call, reused by all decode steps)",
+             "remerge": "remerge (every layer re-merged at each decode step)"}
+    generation = [f"generation: {modes[plan.generation]}"] if plan.generation else []
+    table.caption = "\n".join([verdict, f"batches (rows x tokens): {batches}", *generation,
+                               *plan.notes])
     return table

@@ -106,7 +106,7 @@ def evolve_stage(cfg: EvolveConfig, prepare, *, resume: bool = False, overwrite:
     log(f"{cfg.search}: {search.num_dims} genes, population {population}, "
         f"{cfg.strategy.generations} generations of {cfg.strategy.name}; {mesh.devices.size} "
         f"device(s) as a {pop} x {model} (pop x model) mesh, {evaluator.chunk} candidates per "
-        "call")
+        "call" + (f"; generation: {evaluator.generation}" if evaluator.generation else ""))
     best = run_search(search, strategy, evaluator, tasks, cfg.strategy, run_dir, resume=resume,
                       progress=progress, log=log, on_generation=on_generation)
     return finish(cfg, search, evaluator, tasks, tokenizer, best, run_dir, log=log, export=export)
@@ -119,14 +119,20 @@ def stage_evaluator(cfg, search, tasks, tokenizer, population: int, mesh, plan: 
     evaluator = Evaluator(search.model, search.weights, tasks, tokenizer, population=population,
                           memory_budget=cfg.compute.memory_budget,
                           chunk_size=plan.get("chunk_size", cfg.compute.chunk_size),
-                          global_batch=plan.get("global_batch"), mesh=mesh, log=log)
+                          global_batch=plan.get("global_batch"), mesh=mesh, log=log,
+                          generation=plan.get("generation") or cfg.compute.generation)
     # Every process runs the same programs: process 0's plan (from its free memory) wins.
-    evaluator.chunk, evaluator.global_batch = agree((evaluator.chunk, evaluator.global_batch))
+    cached = evaluator.generation == "cached"
+    evaluator.chunk, evaluator.global_batch, cached = agree(
+        (evaluator.chunk, evaluator.global_batch, cached))
+    if evaluator.generation:
+        evaluator.use_generation("cached" if cached else "remerge")
     # A resumed run reuses the chunking, so that it runs the very programs the first one ran.
     if is_main():
         atomic_write_text(Path(cfg.output_dir) / "plan.json",
                           json.dumps({"chunk_size": evaluator.chunk,
-                                      "global_batch": evaluator.global_batch}) + "\n")
+                                      "global_batch": evaluator.global_batch,
+                                      "generation": evaluator.generation}) + "\n")
     return evaluator
 
 
