@@ -22,7 +22,7 @@ from .checkpoint import load
 from .errors import ConfigError, EvomergeError
 from .fileio import atomic_write_text
 from .generation import greedy_generate
-from .lm_eval_tokens import HFTokenization  # says how to install lm-eval when it is missing
+from .lm_eval_tokens import HFTokenization, task_manager  # (raises: lm-eval missing)
 from .model import forward
 
 try:
@@ -195,11 +195,9 @@ def run_lm_eval(model_dir, tasks: list[str], *, include_path=None, limit: int | 
                 dtype: str | None = None, log=print) -> dict:
     """`evomerge eval MODEL_DIR --lm-eval TASKS`: lm-eval's simple_evaluate over the engine's
     model; prints lm-eval's table and writes its results JSON (atomically) to `output`."""
-    from lm_eval.tasks import TaskManager
-
     if include_path is not None and not Path(include_path).is_dir():
         raise ConfigError(f"--include-path {include_path}: no such directory")
-    manager = TaskManager(include_path=None if include_path is None else str(include_path))
+    manager = task_manager(include_path, list(tasks))
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
         raise ConfigError(f"unknown lm-eval task(s): {', '.join(unknown)} (see `lm-eval ls "

@@ -135,3 +135,24 @@ class HFTokenization(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         raise EvomergeError("HFTokenization only tokenizes; use lm_eval.EvomergeLM to generate")
+
+
+_MANAGERS: dict = {}
+
+
+def task_manager(include_path, names):
+    """An lm-eval TaskManager that knows every name in `names`, cached per process: the include
+    path's own tasks alone when they are all there (indexing lm-eval's thousands of built-in task
+    YAMLs takes tens of seconds), else the include path with the built-ins."""
+    from lm_eval.tasks import TaskManager
+
+    include = None if include_path is None else str(include_path)
+    manager = None
+    for defaults in ((False, True) if include is not None else (True,)):
+        key = (include, defaults)
+        if key not in _MANAGERS:
+            _MANAGERS[key] = TaskManager(include_path=include, include_defaults=defaults)
+        manager = _MANAGERS[key]
+        if all(manager.match_tasks([name]) for name in names):
+            break
+    return manager

@@ -95,7 +95,7 @@ def lm_eval_run(evolve_world, tmp_path_factory):
 def _hf(model_dir, include, tasks, samples=None):
     return lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={model_dir},dtype=float32", device="cpu",
-        batch_size=8, tasks=tasks, task_manager=TaskManager(include_path=str(include)),
+        batch_size=8, tasks=tasks, task_manager=TaskManager(include_path=str(include), include_defaults=False),
         samples=samples, log_samples=False)["results"]
 
 

@@ -37,9 +37,8 @@ class LmEvalSection(BaseModel):
         if (self.task is None) == (self.tasks is None):
             raise ValueError("lm_eval: give exactly one of task (its docs split) and tasks "
                              "(one task per split)")
-        if "split" in self.model_fields_set or "split_seed" in self.model_fields_set:
-            if self.tasks is not None:
-                raise ValueError("lm_eval.split applies to one task's docs (lm_eval.task), not "
+        if self.tasks is not None and {"split", "split_seed"} & self.model_fields_set:
+            raise ValueError("lm_eval.split applies to one task's docs (lm_eval.task), not "
                                  "to lm_eval.tasks")
         if not all(math.isfinite(f) and f > 0 for f in self.split) or not math.isclose(
                 sum(self.split), 1.0, abs_tol=1e-6):

@@ -52,12 +52,12 @@ class LmEvalInfo:
 
 def _load_tasks(section, where: str) -> dict:
     """split -> lm-eval Task object (one object per distinct name)."""
-    from lm_eval.tasks import TaskManager
+    from ..lm_eval_tokens import task_manager
 
     include = section.include_path
     if include is not None and not Path(include).is_dir():
         raise ConfigError(f"{where}: lm_eval.include_path {include}: no such directory")
-    manager = TaskManager(include_path=None if include is None else str(include))
+    manager = task_manager(include, list(section.names().values()))
     loaded = {}
     for name in dict.fromkeys(section.names().values()):
         if not manager.match_tasks([name]):
@@ -94,8 +94,8 @@ def _split_docs(section, per_split: dict, name: str) -> dict:
         return {s: sorted(per_split[s]) for s in SPLITS}
     ids = sorted(per_split["fitness"])
     order = np.random.default_rng(section.split_seed).permutation(len(ids))
-    n_fit = int(round(section.split[0] * len(ids)))
-    n_val = int(round(section.split[1] * len(ids)))
+    n_fit = round(section.split[0] * len(ids))
+    n_val = round(section.split[1] * len(ids))
     cuts = {"fitness": order[:n_fit], "validation": order[n_fit:n_fit + n_val],
             "test": order[n_fit + n_val:]}
     out = {s: sorted(ids[i] for i in c) for s, c in cuts.items()}
