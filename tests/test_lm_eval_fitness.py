@@ -87,7 +87,7 @@ def lm_eval_run(evolve_world, tmp_path_factory):
               "lm_eval": {"include_path": "tasks",
                           "tasks": {s: f"wc_gen_{s}" for s in SPLITS}}}]
     cfg = write_config(root / "cfg.yml", evolve_world, tasks,
-                       strategy={"population_size": 4, "generations": 2})
+                       strategy={"population_size": 4, "generations": 1})
     return {"results": em.evolve(cfg, progress=False, log=lambda *_: None), "include": include,
             "cfg": cfg, "best": root / "run" / "best"}
 
