@@ -115,3 +115,16 @@ def test_test_scores_equal_the_hf_backend_on_the_export(lm_eval_run):
     assert ours["choice"]["score"] == ours["choice"]["acc_norm,none"]
     # the scores discriminate: neither all right nor all wrong on both tasks
     assert 0 < ours["choice"]["acc,none"] < 1 or 0 < ours["gen"]["exact_match,first_word"] < 1
+
+
+@pytest.mark.parametrize("section,message", [
+    ({"task": "no_such_task"}, "unknown lm-eval task 'no_such_task'"),
+    ({"task": "wc_choice", "metric": "f1"}, "lm_eval.metric 'f1' is not one of the task's metrics"),
+    ({"task": "wc_choice", "split": [0.9, 0.1, 0.01]}, "three positive fractions"),
+    ({"task": "wc_choice", "split": [0.97, 0.02, 0.01]}, "leaves the validation split empty"),
+])
+def test_bad_lm_eval_sections_are_one_line(lm_eval_run, evolve_world, cli_error, tmp_path,
+                                           section, message):
+    task = {"name": "t", "type": "lm_eval",
+            "lm_eval": {"include_path": str(lm_eval_run["include"]), **section}}
+    assert message in cli_error(write_config(tmp_path / "c.yml", evolve_world, [task]))
