@@ -95,8 +95,8 @@ def lm_eval_run(evolve_world, tmp_path_factory):
 def _hf(model_dir, include, tasks, samples=None):
     return lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={model_dir},dtype=float32", device="cpu",
-        batch_size=8, tasks=tasks, task_manager=TaskManager(include_path=str(include), include_defaults=False),
-        samples=samples, log_samples=False)["results"]
+        batch_size=8, tasks=tasks, samples=samples, log_samples=False,
+        task_manager=TaskManager(include_path=str(include), include_defaults=False))["results"]
 
 
 def test_test_scores_equal_the_hf_backend_on_the_export(lm_eval_run):

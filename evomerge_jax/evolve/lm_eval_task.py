@@ -16,8 +16,11 @@ doc's own), or left-padded prompts [N, W] that the pass decodes for the task's `
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -50,6 +53,23 @@ class LmEvalInfo:
     until: tuple = ()       # generate_until: stop strings
 
 
+@contextmanager
+def _quiet():
+    """No progress bars from lm-eval's request building or the datasets loader: errors stay one
+    line on stderr."""
+    import datasets.utils as ds
+    import lm_eval.api.task as lm_task
+
+    was_off = ds.are_progress_bars_disabled()
+    ds.disable_progress_bars()
+    try:
+        with mock.patch.object(lm_task, "tqdm", partial(lm_task.tqdm, disable=True)):
+            yield
+    finally:
+        if not was_off:
+            ds.enable_progress_bars()
+
+
 def _load_tasks(section, where: str) -> dict:
     """split -> lm-eval Task object (one object per distinct name)."""
     from ..lm_eval_tokens import task_manager
@@ -62,11 +82,11 @@ def _load_tasks(section, where: str) -> dict:
     for name in dict.fromkeys(section.names().values()):
         if not manager.match_tasks([name]):
             raise ConfigError(f"{where}: unknown lm-eval task {name!r} (local YAML tasks need "
-                            "lm_eval.include_path)")
+                              "lm_eval.include_path)")
         tasks = manager.load([name])["tasks"]
         if name not in tasks or len(tasks) != 1:
             raise ConfigError(f"{where}: lm-eval name {name!r} is a group or tag of "
-                            f"{len(tasks)} tasks; name one task")
+                              f"{len(tasks)} tasks; name one task")
         loaded[name] = tasks[name]
     return {split: loaded[name] for split, name in section.names().items()}
 
@@ -83,7 +103,7 @@ def _requests(task, cfg, tokens) -> dict:
     for inst in task.instances:
         if (inst.repeats or 1) != 1:
             raise ConfigError(f"task {cfg.name!r}: lm-eval task {task.config.task!r} repeats each "
-                            "request; greedy scoring needs repeats: 1")
+                              "request; greedy scoring needs repeats: 1")
         by_doc.setdefault(inst.doc_id, []).append(inst)
     return {d: sorted(v, key=lambda i: i.idx) for d, v in sorted(by_doc.items())}
 
@@ -102,7 +122,7 @@ def _split_docs(section, per_split: dict, name: str) -> dict:
     empty = [s for s, d in out.items() if not d]
     if empty:
         raise ConfigError(f"task {name!r}: lm_eval.split leaves the {', '.join(empty)} split empty "
-                        f"({len(ids)} docs)")
+                          f"({len(ids)} docs)")
     return out
 
 
@@ -116,16 +136,15 @@ def load_lm_eval_task(cfg, tokenizer, context: int | None):
     root = Path(tokenizer.name_or_path)
     tokens = HFTokenization(tokenizer, root if root.is_dir() else None,
                             max_length=context or 2048)
-    tasks = _load_tasks(section, where)
+    with _quiet():
+        tasks = _load_tasks(section, where)
+        requests = {id(t): _requests(t, cfg, tokens) for t in {id(t): t for t in
+                                                                tasks.values()}.values()}
     kinds = {t.OUTPUT_TYPE for t in tasks.values()}
     if len(kinds) != 1:
         raise ConfigError(f"{where}: the splits' lm-eval tasks differ in output_type "
-                        f"({', '.join(sorted(kinds))})")
+                          f"({', '.join(sorted(kinds))})")
     (kind,) = kinds
-    requests = {}
-    for split, task in tasks.items():
-        if id(task) not in requests:
-            requests[id(task)] = _requests(task, cfg, tokens)
     docs = _split_docs(section, {s: requests[id(t)] for s, t in tasks.items()}, cfg.name)
     info = _info(cfg, tasks["fitness"], kind, tokens, where)
     pad = tokens.pad_id
@@ -138,7 +157,7 @@ def load_lm_eval_task(cfg, tokenizer, context: int | None):
                       for c, t in pairs)
         if context is not None and longest > context:
             raise ConfigError(f"{where}: a request takes {longest} tokens, more than the model's "
-                            f"context of {context}")
+                              f"context of {context}")
         seq = pad_to(longest)
         width = max(len(pairs) for split in rows for _, pairs in rows[split])
         for split, docs_rows in rows.items():
@@ -164,7 +183,7 @@ def load_lm_eval_task(cfg, tokenizer, context: int | None):
             until, max_gen = tokens.generation_settings(inst.args[1])
             if budget not in (None, (tuple(until), max_gen)):
                 raise ConfigError(f"{where}: the docs' generation_kwargs differ (until, "
-                                "max_gen_toks); the pass decodes one setting per task")
+                                  "max_gen_toks); the pass decodes one setting per task")
             budget = (tuple(until), max_gen)
             ids = tokens.generation_prompt_ids(inst.args[0], tokens.max_length - max_gen)
             prompts[split].append((DocRequests(task, inst.doc, (inst,), (0,)), ids))
@@ -204,10 +223,10 @@ def _info(cfg, task, kind, tokens, where) -> LmEvalInfo:
     filt = cfg.lm_eval.filter or filters[0]
     if metric not in metrics:
         raise ConfigError(f"{where}: lm_eval.metric {metric!r} is not one of the task's metrics "
-                        f"({', '.join(metrics)})")
+                          f"({', '.join(metrics)})")
     if filt not in filters:
         raise ConfigError(f"{where}: lm_eval.filter {filt!r} is not one of the task's filters "
-                        f"({', '.join(filters)})")
+                          f"({', '.join(filters)})")
     return LmEvalInfo(kind, dict(task.aggregation()), dict(task.higher_is_better()),
                       f"{metric},{filt}", tokens)
 
