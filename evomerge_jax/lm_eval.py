@@ -22,15 +22,14 @@ from .checkpoint import load
 from .errors import ConfigError, EvomergeError
 from .fileio import atomic_write_text
 from .generation import greedy_generate
+from .lm_eval_tokens import HFTokenization, task_manager  # (raises: lm-eval missing)
 from .model import forward
 
 try:
     import lm_eval as _lm_eval
     from lm_eval import utils as _lm_utils
-    from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
-    from lm_eval.models.utils import (handle_stop_sequences, has_bos_prefix, normalize_gen_kwargs,
-                                      postprocess_generated_text, resolve_max_length)
+    from lm_eval.models.utils import resolve_max_length
 except ImportError as _exc:  # the extra is optional: say how to get it, in one line
     raise EvomergeError(f"lm-eval is not installed ({_exc}); install it with "
                         "pip install 'evomerge-jax[lm-eval]' (lm-eval==0.4.13)") from None
@@ -59,11 +58,12 @@ def continuation_scores(params, spec, tokens_bs, mask_bs, targets_bs, scored_bs)
 
 
 @register_model("evomerge")
-class EvomergeLM(TemplateLM):
+class EvomergeLM(HFTokenization):
     """lm-eval model args: `pretrained` (a model dir), `dtype` (float32, float16, bfloat16; default
     the checkpoint's), `batch_size` (rows per device call, default 8), `max_length` (default as
     the hf backend resolves it), `max_gen_toks` (default 256), `add_bos_token`. lm-eval's
-    `device` and `max_batch_size` are accepted and ignored (JAX places the arrays)."""
+    `device` and `max_batch_size` are accepted and ignored (JAX places the arrays). Tokenization
+    is `HFTokenization`'s (lm_eval_tokens.py)."""
 
     _DEFAULT_MAX_LENGTH = 2048
 
@@ -71,7 +71,6 @@ class EvomergeLM(TemplateLM):
                  max_length: int | None = None, max_gen_toks: int = 256,
                  add_bos_token: bool | None = None, device: str | None = None,
                  max_batch_size: int | None = None, **unknown):
-        super().__init__()
         if unknown:  # a typo in model_args must not pass silently
             raise ConfigError(f"evomerge lm-eval model: unknown model_args "
                               f"{', '.join(sorted(unknown))} (known: pretrained, dtype, batch_size, "
@@ -79,81 +78,25 @@ class EvomergeLM(TemplateLM):
         del device, max_batch_size  # lm-eval passes them; JAX places arrays on its own devices
         from transformers import AutoConfig, AutoTokenizer
 
-        self.ckpt = load(pretrained, dtype=None if dtype in (None, "auto") else str(dtype))
+        ckpt = load(pretrained, dtype=None if dtype in (None, "auto") else str(dtype))
         root = Path(pretrained)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(root))
+            tokenizer = AutoTokenizer.from_pretrained(str(root))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{root}: no usable tokenizer ({exc})") from None
+        max_length = int(max_length) if max_length else resolve_max_length(
+            AutoConfig.from_pretrained(str(root)), tokenizer, default=self._DEFAULT_MAX_LENGTH)
+        super().__init__(tokenizer, root, max_length, max_gen_toks, add_bos_token)
+        self.ckpt = ckpt
         if batch_size in ("auto", None):
             batch_size = 8
         self._batch_size = int(str(batch_size).split(":")[0])
         if self._batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        self._max_length = int(max_length) if max_length else resolve_max_length(
-            AutoConfig.from_pretrained(str(root)), self.tokenizer,
-            default=self._DEFAULT_MAX_LENGTH)
-        self._max_gen_toks = int(max_gen_toks)
-        self.add_bos_token = add_bos_token
-        self.eos_ids = self._eos_ids(root)
-        self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                       else self.eos_ids[0])
-
-    def _eos_ids(self, root: Path) -> tuple[int, ...]:
-        """The tokenizer's EOS plus generation_config.json's (HF's generate stops on both)."""
-        ids = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
-        gen = root / "generation_config.json"
-        if gen.is_file():
-            extra = json.loads(gen.read_text()).get("eos_token_id")
-            ids += [extra] if isinstance(extra, int) else list(extra or [])
-        return tuple(dict.fromkeys(int(i) for i in ids))
-
-    # --- what TemplateLM and the evaluator read -------------------------------------------------
-    @property
-    def eot_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
-
-    @property
-    def prefix_token_id(self) -> int:
-        bos = self.tokenizer.bos_token_id
-        return bos if bos is not None else self.tokenizer.eos_token_id
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    @property
-    def max_gen_toks(self) -> int:
-        return self._max_gen_toks
 
     @property
     def batch_size(self) -> int:
         return self._batch_size
-
-    @property
-    def tokenizer_name(self) -> str:
-        return self.tokenizer.name_or_path.replace("/", "__")
-
-    def apply_chat_template(self, chat_history: list[dict[str, str]],
-                            add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(
-            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
-            continue_final_message=not add_generation_prompt)
-
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None,
-                   left_truncate_len: int | None = None, **kwargs) -> list[int]:
-        if add_special_tokens is not None:
-            special = {"add_special_tokens": add_special_tokens}
-        elif has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
-            special = {"add_special_tokens": False}
-        else:
-            special = {} if self.add_bos_token is None else {
-                "add_special_tokens": self.add_bos_token}
-        ids = self.tokenizer.encode(string, **special)
-        return ids[-left_truncate_len:] if left_truncate_len else ids
-
-    def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
     # --- scoring ----------------------------------------------------------------------------
     def score_token_pairs(self, pairs: list[tuple[list[int], list[int]]]
@@ -199,11 +142,9 @@ class EvomergeLM(TemplateLM):
         windows, owner = [], []
         for index, request in enumerate(requests):
             (string,) = request.args
-            for window in _lm_utils.get_rolling_token_windows(
-                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length, context_len=1):
-                windows.append(_lm_utils.make_disjoint_window(window))
-                owner.append(index)
+            pairs = self.rolling_pairs(string)
+            windows += pairs
+            owner += [index] * len(pairs)
         totals = [0.0] * len(requests)
         for index, (logp, _) in zip(owner, self.score_token_pairs(windows)):
             totals[index] += logp
@@ -213,16 +154,9 @@ class EvomergeLM(TemplateLM):
 
     # --- generation -------------------------------------------------------------------------
     def _encode_left_padded(self, contexts: list[str], max_ctx_len: int):
-        """Left-padded ids and mask, as the hf backend's tok_batch_encode makes them, widened on
+        """Left-padded ids and mask (each row as `generation_prompt_ids` encodes it), widened on
         the left to a bucketed width and filled to batch_size rows."""
-        special = {}
-        if has_bos_prefix(contexts[0], getattr(self.tokenizer, "bos_token", None)):
-            special = {"add_special_tokens": False}
-        elif self.add_bos_token is not None:
-            special = {"add_special_tokens": self.add_bos_token}
-        # the hf backend keeps the last max_ctx_len columns of the left-padded batch: the same
-        # as each row's last max_ctx_len tokens
-        encoded = [self.tokenizer.encode(c, **special)[-max_ctx_len:] for c in contexts]
+        encoded = [self.generation_prompt_ids(c, max_ctx_len) for c in contexts]
         width = bucket(max(len(e) for e in encoded), max_ctx_len)
         tokens = np.full((self.batch_size, width), self.pad_id, np.int32)
         mask = np.zeros((self.batch_size, width), np.int32)
@@ -237,19 +171,10 @@ class EvomergeLM(TemplateLM):
         for index, request in enumerate(requests):
             groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str),
                               []).append(index)
-        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         out: list = [None] * len(requests)
         for indices in groups.values():
-            kwargs = normalize_gen_kwargs(requests[indices[0]].args[1], self.max_gen_toks)
-            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
-            max_gen_toks = kwargs.pop("max_gen_toks")
-            if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:
-                raise ConfigError("the evomerge lm-eval model decodes greedily only: the task "
-                                  "asks for sampling (do_sample/temperature)")
+            until, max_gen_toks = self.generation_settings(requests[indices[0]].args[1])
             max_ctx_len = self.max_length - max_gen_toks
-            if max_ctx_len < 1:
-                raise ConfigError(f"max_gen_toks {max_gen_toks} leaves no room for a prompt in "
-                                  f"max_length {self.max_length}")
             indices = sorted(indices, key=lambda i: -len(self.tok_encode(requests[i].args[0])))
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
@@ -259,8 +184,7 @@ class EvomergeLM(TemplateLM):
                     self.ckpt.params, self.ckpt.spec, jnp.asarray(tokens), jnp.asarray(mask),
                     max_new_tokens=max_gen_toks, eos_ids=self.eos_ids, pad_id=self.pad_id))
                 for r, i in enumerate(chunk):
-                    text = postprocess_generated_text(self.tok_decode(new[r].tolist()),
-                                                      stop=until, think_end_token=None)
+                    text = self.generated_text(new[r].tolist(), until)
                     out[i] = text
                     self.cache_hook.add_partial("generate_until", requests[i].args, text)
         return out
@@ -271,11 +195,9 @@ def run_lm_eval(model_dir, tasks: list[str], *, include_path=None, limit: int | 
                 dtype: str | None = None, log=print) -> dict:
     """`evomerge eval MODEL_DIR --lm-eval TASKS`: lm-eval's simple_evaluate over the engine's
     model; prints lm-eval's table and writes its results JSON (atomically) to `output`."""
-    from lm_eval.tasks import TaskManager
-
     if include_path is not None and not Path(include_path).is_dir():
         raise ConfigError(f"--include-path {include_path}: no such directory")
-    manager = TaskManager(include_path=None if include_path is None else str(include_path))
+    manager = task_manager(include_path, list(tasks))
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
         raise ConfigError(f"unknown lm-eval task(s): {', '.join(unknown)} (see `lm-eval ls "

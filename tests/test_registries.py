@@ -66,13 +66,20 @@ def test_task_type_keys_are_config_fields():
 def test_a_key_of_another_type_is_refused(name):
     files = {"fitness": "f", "validation": "v", "test": "t"}
     own = {"target": "{t}"} if TASK_TYPES[name].needs_target else {}
-    TaskSection(name="x", type=name, data=files, prompt="{p}", **own)
+    if TASK_TYPES[name].reads_files:
+        own.update(data=files, prompt="{p}")
+    else:  # lm_eval: its section, and no JSONL files or prompt template
+        own.update(lm_eval={"task": "t"})
+        for key, value in (("data", files), ("prompt", "{p}")):
+            with pytest.raises(ValueError, match="do not apply"):
+                TaskSection(name="x", type=name, **own, **{key: value})
+    TaskSection(name="x", type=name, **own)
     foreign = sorted(set().union(*(k.keys for k in TASK_TYPES.values())) - TASK_TYPES[name].keys)
     for key in foreign:
         value = {"append_eos": False, "max_new_tokens": 3, "stop": ["."], "compare": "string",
-                 "metric": "acc_norm"}.get(key, "z")
+                 "metric": "acc_norm", "lm_eval": {"task": "t"}}.get(key, "z")
         with pytest.raises(ValueError, match="do not apply"):
-            TaskSection(name="x", type=name, data=files, prompt="{p}", **own, **{key: value})
+            TaskSection(name="x", type=name, **own, **{key: value})
 
 
 def test_unknown_task_type_names_the_choices():

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from ..errors import ConfigError
 from ..merge.task_arithmetic import PRESETS
+from .lm_eval_config import LmEvalSection
 from .method_genes import (GENOME_METHODS, fixed_only, method_parameters, source_count_error,
                            switches)
 from .strategy import algorithms
@@ -164,8 +165,11 @@ class SplitFiles(_Strict):
 class TaskSection(_Strict):
     name: str
     type: str  # a name in task_types.TASK_TYPES
-    data: SplitFiles
-    prompt: str
+    data: SplitFiles | None = None   # types that read JSONL files (not lm_eval)
+    prompt: str | None = None
+    chat_template: bool = False      # prompts through the tokenizer's chat template (chat.py)
+    system_prompt: str | None = None
+    lm_eval: LmEvalSection | None = None
     weight: float = 1.0
     batch_size: PositiveInt = 32
     target: str = ""
@@ -184,11 +188,17 @@ class TaskSection(_Strict):
         if kind is None:
             raise ValueError(f"task {self.name!r}: unknown type {self.type!r}; choose one of "
                              f"{', '.join(TASK_TYPES)}")
-        common = {"name", "type", "data", "prompt", "weight", "batch_size"}
+        common = {"name", "type", "weight", "batch_size", "chat_template", "system_prompt",
+                  *(("data", "prompt") if kind.reads_files else ())}
         stray = sorted(self.model_fields_set - common - kind.keys)
         if stray:
             raise ValueError(f"task {self.name!r}: key(s) {', '.join(stray)} do not apply to type "
                              f"{self.type!r} (it reads: {', '.join(sorted(kind.keys))})")
+        for key in ("data", "prompt") if kind.reads_files else ("lm_eval",):
+            if getattr(self, key) is None:
+                raise ValueError(f"task {self.name!r}: type {self.type!r} needs {key}")
+        if self.system_prompt is not None and not self.chat_template:
+            raise ValueError(f"task {self.name!r}: system_prompt needs chat_template: true")
         if kind.needs_target and "target" not in self.model_fields_set:
             raise ValueError(f"task {self.name!r}: type {self.type!r} needs a target template")
         if self.type == "perplexity" and not (self.target or self.prompt):
@@ -284,9 +294,13 @@ def _resolve(cfg: EvolveConfig, root: Path) -> EvolveConfig:
     def fix(path: Path | None) -> Path | None:
         return None if path is None else (path if path.is_absolute() else root / path)
 
-    tasks = tuple(t.model_copy(update={"data": SplitFiles(**{s: fix(getattr(t.data, s))
-                                                             for s in _SPLITS})})
-                  for t in cfg.tasks)
+    def task_paths(t: TaskSection) -> dict:  # only the keys a task set (dumped as given)
+        if t.lm_eval is not None:
+            return {"lm_eval": t.lm_eval.model_copy(
+                update={"include_path": fix(t.lm_eval.include_path)})}
+        return {"data": SplitFiles(**{s: fix(getattr(t.data, s)) for s in _SPLITS})}
+
+    tasks = tuple(t.model_copy(update=task_paths(t)) for t in cfg.tasks)
     return cfg.model_copy(update=dict(
         base_model=fix(cfg.base_model), models=tuple(fix(m) for m in cfg.models),
         tokenizer=fix(cfg.tokenizer), output_dir=fix(cfg.output_dir), tasks=tasks,

@@ -116,8 +116,8 @@ class Evaluator:
             total = available_memory(device) * (1 if device.platform == "cpu" else n_all)
         # Every device holds its share of one copy of the weights (model axis) per pop row.
         self.budget = total - self.resident_per_device * n_all
-        self.seq_len = max((t.seq_len for t in self.tasks if not TASK_TYPES[t.cfg.type].generates), default=0)
-        self.generations = tuple(generation_of(t) for t in self.tasks if TASK_TYPES[t.cfg.type].generates)
+        self.seq_len = max((t.seq_len for t in self.tasks if not t.generates), default=0)
+        self.generations = tuple(generation_of(t) for t in self.tasks if t.generates)
         self.generation = None
         if self.generations and hasattr(model, "generation"):
             cached = replace(model, generation="cached")
@@ -183,10 +183,10 @@ class Evaluator:
         """Host batches per task and the device batch: all teacher-forced rows concatenated
         (padded to one length), then each generate task's prompts."""
         host = [t.batch(split, r) for t, r in zip(self.tasks, rows_per_task)]
-        teacher = [b for t, b in zip(self.tasks, host) if not TASK_TYPES[t.cfg.type].generates]
+        teacher = [b for t, b in zip(self.tasks, host) if not t.generates]
         device = {"teacher": None, "generate": tuple(
             {k: np.asarray(b[k]) for k in ("tokens", "mask")}
-            for t, b in zip(self.tasks, host) if TASK_TYPES[t.cfg.type].generates)}
+            for t, b in zip(self.tasks, host) if t.generates)}
         if teacher:
             device["teacher"] = {
                 k: np.concatenate([_pad_cols(b[k], self.seq_len) for b in teacher])
@@ -198,7 +198,7 @@ class Evaluator:
         teacher, generated = self._call(genomes, keys, device)
         offset, gen_index = 0, 0
         for task, batch in zip(self.tasks, host):
-            if TASK_TYPES[task.cfg.type].generates:
+            if task.generates:
                 out = generated[gen_index]
                 gen_index += 1
             else:
@@ -208,11 +208,12 @@ class Evaluator:
                 offset += size
             part = TASK_TYPES[task.cfg.type].accumulate(task, out, batch, self.tokenizer,
                                                         task.splits[split].answers)
-            for name, value in part.items():
-                sums[task.name][name] = sums[task.name].get(name, 0) + value
+            for name, value in part.items():  # arrays of sums, or (lm_eval) of item lists
+                prev = sums[task.name].get(name)
+                sums[task.name][name] = value if prev is None else prev + value
 
     def _finish(self, sums) -> dict:
-        return {t.name: TASK_TYPES[t.cfg.type].finalize(t.cfg, sums[t.name]) for t in self.tasks}
+        return {t.name: TASK_TYPES[t.cfg.type].finalize(t, sums[t.name]) for t in self.tasks}
 
     def fitness_scores(self, genomes, keys, rows_per_task) -> dict:
         """Every task on its fitness minibatch, in one compiled pass per population chunk."""

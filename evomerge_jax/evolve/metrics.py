@@ -27,8 +27,7 @@ class Generation:
 
 
 def generation_of(task) -> Generation:
-    eos = () if task.eos_id is None else (int(task.eos_id),)
-    return Generation(task.cfg.max_new_tokens, eos, int(task.pad_id))
+    return Generation(task.new_tokens, tuple(task.eos_ids), int(task.pad_id))
 
 
 def teacher_stats(logits_bsv, labels_bs, scored_bs):

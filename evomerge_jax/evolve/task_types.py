@@ -16,7 +16,9 @@ from typing import Callable
 
 import numpy as np
 
+from ..chat import chat_messages, chat_token_ids, render_chat
 from ..errors import ConfigError
+from . import lm_eval_task
 from .metrics import completion_text, extract_answer
 
 
@@ -43,7 +45,9 @@ class TaskType:
     per_choice: bool          # arrays [N, C, S]: one teacher-forced row per (example, choice)
     encode: Callable          # (cfg, record, tokenizer, eos_id, where) -> Encoded
     accumulate: Callable      # (task, outputs, batch, tokenizer, answers) -> {sum: [P]}
-    finalize: Callable        # (cfg, sums) -> {metric: [P]}, "score" included
+    finalize: Callable        # (task, sums) -> {metric: [P]}, "score" included
+    reads_files: bool = True  # `data` JSONL files and a `prompt` template (else `load` reads)
+    load: Callable | None = None  # (cfg, tokenizer, context) -> TaskData, for its own data
 
 
 def _render(template: str, record: dict, where: str) -> str:
@@ -61,7 +65,12 @@ def token_ids(tokenizer, text: str, specials: bool) -> list[int]:
 
 
 def _prompt(cfg, record, tokenizer, where, optional: bool = False) -> list[int]:
-    ids = token_ids(tokenizer, _render(cfg.prompt, record, where), True)
+    text = _render(cfg.prompt, record, where)
+    if cfg.chat_template:  # the same rendering as the lm-eval model's (chat.py)
+        text = render_chat(tokenizer, chat_messages(text, cfg.system_prompt), where=where)
+        ids = chat_token_ids(tokenizer, text)
+    else:
+        ids = token_ids(tokenizer, text, True)
     if not ids and not optional:
         raise TaskError(f"{where}: the prompt renders to no tokens")
     return ids
@@ -159,18 +168,18 @@ def _ratio(a, b):
         return a / b
 
 
-def _finalize_acc(cfg, sums) -> dict:
+def _finalize_acc(task, sums) -> dict:
     acc = _ratio(sums["correct"], sums["count"])
     return {"acc": acc, "score": acc}
 
 
-def _finalize_choice(cfg, sums) -> dict:
+def _finalize_choice(task, sums) -> dict:
     out = {"acc": _ratio(sums["correct"], sums["count"]),
            "acc_norm": _ratio(sums["correct_norm"], sums["count"])}
-    return {**out, "score": out[cfg.metric]}
+    return {**out, "score": out[task.cfg.metric]}
 
 
-def _finalize_perplexity(cfg, sums) -> dict:
+def _finalize_perplexity(task, sums) -> dict:
     nll = _ratio(sums["nll"], sums["tokens"])
     return {"nll": nll, "ppl": np.exp(nll), "score": -nll}
 
@@ -189,4 +198,8 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
     TaskType("perplexity", frozenset({"target"}), needs_target=False, generates=False,
              per_choice=False, encode=_encode_perplexity, accumulate=_accumulate_perplexity,
              finalize=_finalize_perplexity),
+    TaskType("lm_eval", frozenset({"lm_eval"}), needs_target=False, generates=False,
+             per_choice=False, encode=None, accumulate=lm_eval_task.accumulate,
+             finalize=lm_eval_task.finalize, reads_files=False,
+             load=lm_eval_task.load_lm_eval_task),
 )}

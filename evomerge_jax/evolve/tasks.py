@@ -46,15 +46,14 @@ class TaskData:
     seq_len: int = 0
     eos_id: int | None = None
     pad_id: int = 0
+    generates: bool = False  # the pass decodes new tokens (else one teacher-forced forward)
+    new_tokens: int = 0      # tokens the pass decodes per row (0: a teacher-forced task)
+    eos_ids: tuple = ()      # the ids that end a generation
+    lm: object = None        # lm_eval tasks: what their host side needs (lm_eval_task.py)
 
     @property
     def name(self) -> str:
         return self.cfg.name
-
-    @property
-    def new_tokens(self) -> int:
-        """Tokens the pass decodes per row (0: a teacher-forced task)."""
-        return self.cfg.max_new_tokens if TASK_TYPES[self.cfg.type].generates else 0
 
     def fitness_rows(self, seed: int, task_index: int, generation: int) -> np.ndarray:
         """The seeded minibatch of generation `generation`: example indices [batch_size] (all
@@ -111,7 +110,7 @@ def pad_to(length: int) -> int:
     return -(-length // _PAD_MULTIPLE) * _PAD_MULTIPLE
 
 
-def _teacher_rows(prompts, targets, seq: int, pad: int):
+def teacher_rows(prompts, targets, seq: int, pad: int):
     """Right-padded rows of prompt + target with their next-token labels and scored positions."""
     n = len(prompts)
     tokens, labels = np.full((n, seq), pad, np.int32), np.zeros((n, seq), np.int32)
@@ -135,6 +134,8 @@ def _split_rows(cfg: TaskSection, records, path: Path, tokenizer, eos_id):
 def load_task(cfg: TaskSection, tokenizer, context: int | None) -> TaskData:
     """Read, render and tokenize the three splits; every problem raises before any compute."""
     kind, eos_id = TASK_TYPES[cfg.type], tokenizer.eos_token_id
+    if kind.load is not None:  # a type that reads its own data (lm_eval)
+        return kind.load(cfg, tokenizer, context)
     if "append_eos" in kind.keys and cfg.append_eos and eos_id is None:
         raise TaskError(f"task {cfg.name!r}: the tokenizer has no EOS token; set append_eos: false")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
@@ -155,7 +156,9 @@ def load_task(cfg: TaskSection, tokenizer, context: int | None) -> TaskData:
                         f"model's context of {context} (task {cfg.name!r})")
     seq = pad_to(longest)
     splits = {split: _arrays(kind, cfg, rows, seq, pad) for split, rows in raw.items()}
-    return TaskData(cfg, splits, seq, eos_id, pad)
+    return TaskData(cfg, splits, seq, eos_id, pad, generates=kind.generates,
+                    new_tokens=cfg.max_new_tokens if kind.generates else 0,
+                    eos_ids=() if eos_id is None else (int(eos_id),))
 
 
 def _arrays(kind, cfg: TaskSection, rows, seq: int, pad: int) -> SplitData:
@@ -175,13 +178,13 @@ def _arrays(kind, cfg: TaskSection, rows, seq: int, pad: int) -> SplitData:
         flat_p = [p for p, t in zip(prompts, targets) for _ in range(width)]
         flat_t = [t[c] if c < len(t) else t[0] for t in targets for c in range(width)]
         arrays = {k: v.reshape(n, width, seq)
-                  for k, v in _teacher_rows(flat_p, flat_t, seq, pad).items()}
+                  for k, v in teacher_rows(flat_p, flat_t, seq, pad).items()}
         arrays["valid"] = np.array([[c < len(t) for c in range(width)] for t in targets])
         arrays["label"] = np.asarray(labels, np.int32)
         arrays["nbytes"] = np.array([[len(a[c].encode()) if c < len(a) else 1 for c in range(width)]
                                      for a in answers], np.float32)
         return SplitData(arrays, tuple(map(tuple, answers)), tuple(files))
-    arrays = _teacher_rows(prompts, targets, seq, pad)
+    arrays = teacher_rows(prompts, targets, seq, pad)
     arrays["valid"] = np.ones(n, bool)
     return SplitData(arrays, tuple(answers), tuple(files))
 

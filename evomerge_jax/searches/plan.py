@@ -103,7 +103,8 @@ def _task_shapes(cfg, tokenizer_dir, context, seq_len: int):
     (the row lengths evolve will use), else `seq_len` tokens per row assumed (noted)."""
     shapes, notes, tokenizer = [], [], None
     for task in cfg.tasks:
-        files = [getattr(task.data, s) for s in ("fitness", "validation", "test")]
+        files = [getattr(task.data, s) for s in ("fitness", "validation", "test")
+                 ] if task.data is not None else []  # lm_eval: loaded by lm-eval
         if all(f.is_file() for f in files):
             tokenizer = tokenizer or load_tokenizer(tokenizer_dir)
             shapes.append(shape_of(load_task(task, tokenizer, context)))
