@@ -12,7 +12,8 @@ Sections (each records its own wall time):
               measured bfloat16 matmul rate and its nominal dense peak where known
   memory      the device's peak bytes in use after the pass against `evomerge plan`'s estimate
   generation  new tokens/s of a `generate` task through the pass, for every generation mode the
-              engine has (`GENERATION_MODES`; today's engine has one: re-merge every decode step)
+              engine has (`GENERATION_MODES`: `cached` merges each layer once per call, `remerge`
+              at every decode step), and whether their scores agree
   kernels     the fused Pallas merge (kernels/) against its jnp reference on a full-size MLP
               tensor: time of each and their largest difference
 """
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 NOMINAL_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "GH200": 989e12}
 # Today's engine decodes by re-merging every layer at every step; an engine that also caches the
 # merged layers lists both modes here and `generation_config` selects them.
-GENERATION_MODES = ("remerge",)
+GENERATION_MODES = ("cached", "remerge")  # compute.generation
 SIZES = {
     "full": dict(hidden=2048, layers=16, inter=5504, vocab=32000, rows=8, seq=512,
                  populations=(1, 8, 32), gen_population=8, gen_rows=4, new_tokens=32,
@@ -201,6 +202,13 @@ def population_section(world, size, peak_measured, nominal) -> tuple[dict, dict]
     return results, memory
 
 
+def plain(value):
+    """Scores (dicts of arrays) as JSON-ready lists, comparable with ==."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return np.asarray(value).tolist()
+
+
 def generation_section(world, size) -> dict:
     from evomerge_jax.evolve.evaluate import Evaluator
     from evomerge_jax.parallel.seeds import candidate_keys
@@ -213,12 +221,18 @@ def generation_section(world, size) -> dict:
         search.load()
         genomes = np.random.default_rng(0).uniform(0.2, 0.8, (p, search.num_dims))
         genomes = genomes.astype(np.float32)
-        ev = Evaluator(search.model, search.weights, tasks, tokenizer, population=p, chunk_size=p)
+        ev = Evaluator(search.model, search.weights, tasks, tokenizer, population=p, chunk_size=p,
+                       generation=mode)
         rows = [tasks[0].fitness_rows(0, 0, 0)]
-        seconds = timed(lambda: ev.fitness_scores(genomes, candidate_keys(0, 0, range(p)), rows), 1)
+        keys = candidate_keys(0, 0, range(p))
+        seconds = timed(lambda: ev.fitness_scores(genomes, keys, rows), 1)
         new = p * size["gen_rows"] * size["new_tokens"]
         out[mode] = {"population": p, "new_tokens": new, "seconds": seconds,
-                     "tokens_per_second": new / seconds}
+                     "tokens_per_second": new / seconds,
+                     "scores": plain(ev.fitness_scores(genomes, keys, rows))}
+    if len(out) > 1:
+        scores = [out[mode]["scores"] for mode in GENERATION_MODES]
+        out["modes_agree"] = all(s == scores[0] for s in scores)
     return out
 
 
