@@ -33,7 +33,6 @@ from ..evolve.config import GradientSection
 from ..evolve.evaluate import combine
 from ..evolve.gradient_loss import loss_and_grad, loss_rows
 from ..evolve.loop import Best, _truncate_log
-from ..evolve.task_types import TASK_TYPES
 from ..evolve.tasks import load_tasks, load_tokenizer
 from ..fileio import atomic_write_text
 from ..parallel.distributed import is_main
