@@ -54,7 +54,7 @@ def batch_loss(logits_bsv, rows: dict, loss: str):
     else:
         first = jnp.argmax(scored, axis=-1)  # the first scored position of each row
         at = jnp.take_along_axis(logp, first[:, None, None], axis=1)[:, 0]  # [B, V]
-        per_row = -jnp.sum(jnp.exp(at) * at, axis=-1)
+        per_row = jnp.where(jnp.any(scored, -1), -jnp.sum(jnp.exp(at) * at, axis=-1), 0.0)
     return jnp.sum(rows["row_weight"] * per_row)
 
 
