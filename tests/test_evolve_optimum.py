@@ -92,14 +92,21 @@ def test_evolution_recovers_known_merge_weights(cma_es):
     assert results["scores"]["evolved"]["test"]["agree"]["acc"] >= 0.9
 
 
-def test_gradient_search_recovers_them_in_far_fewer_passes(agree, cma_es):
-    cfg = agree("gradient", search="gradient", strategy={"seed": 1},
-                gradient={"loss": "nll", "steps": 6, "learning_rate": 0.05})
-    results = evolve(cfg, progress=False, log=lambda *_: None, export=False)
+GRADIENT = {"search": "gradient", "strategy": {"seed": 1},
+            "gradient": {"loss": "nll", "steps": 6, "learning_rate": 0.05}}
+
+
+@pytest.fixture(scope="module")
+def gradient(agree):
+    cfg = agree("gradient", **GRADIENT)
+    return evolve(cfg, progress=False, log=lambda *_: None, export=False), _log(cfg)
+
+
+def test_gradient_search_recovers_them_in_far_fewer_passes(gradient, cma_es):
+    results, lines = gradient
     weights = _weights(results)
     assert np.abs(weights - TRUE_WEIGHTS).max() < TOLERANCE, weights  # the best on validation
     assert results["scores"]["evolved"]["test"]["agree"]["acc"] >= 0.9
-    lines = _log(cfg)
     assert [line["step"] for line in lines] == list(range(6))
     assert lines[-1]["loss"] < lines[0]["loss"]  # Adam descends the NLL
     gradient = gradient_passes_to_tolerance(lines)
@@ -108,3 +115,22 @@ def test_gradient_search_recovers_them_in_far_fewer_passes(agree, cma_es):
           f"ratio {cma / gradient:.1f}")
     assert gradient is not None and cma is not None
     assert gradient * RATIO <= cma, (gradient, cma)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_gradient_run_stopped_and_resumed_replays_the_same_steps(agree, gradient):
+    cfg = agree("resumed", **GRADIENT)
+
+    def stop(step, line):
+        if step == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        evolve(cfg, progress=False, log=lambda *_: None, export=False, on_generation=stop)
+    results = evolve(cfg, resume=True, progress=False, log=lambda *_: None, export=False)
+    strip = lambda line: {k: v for k, v in line.items() if k != "seconds"}
+    assert [strip(x) for x in _log(cfg)] == [strip(x) for x in gradient[1]]
+    assert results["best"] == gradient[0]["best"]
