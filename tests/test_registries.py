@@ -13,7 +13,8 @@ import pytest
 from evolve_world import echo_task, ppl_task, write_config
 from evomerge_jax.arch import GLOBAL_TENSORS, LAYER_TENSORS
 from evomerge_jax.errors import ConfigError, MergeError
-from evomerge_jax.evolve.config import DFS_STRATEGY, EvolveConfig, TaskSection, load_config
+from evomerge_jax.evolve.config import (DFS_STRATEGY, EvolveConfig, GradientSection, TaskSection,
+                                         load_config)
 from evomerge_jax.evolve.task_types import TASK_TYPES
 from evomerge_jax.merge.sparsify import SPARSIFIERS, magnitude_table, sparsify
 from evomerge_jax.searches.registry import SEARCHES
@@ -48,7 +49,10 @@ def test_prepare_checks_without_reading_weights(name, evolve_world, tmp_path):
     # the config's population; ps+dfs's DFS stage runs under dfs.strategy (default: the paper's)
     sizes = [6, DFS_STRATEGY.population_size] if name == "ps+dfs" else [6]
     size = lambda s: s.population_size if name == "pareto" else s.algo.population_size  # noqa
-    assert [size(s) for *_, s in stages] == sizes
+    if name == "gradient":  # one candidate, Adam's settings instead of a strategy
+        assert [s.steps for *_, s in stages] == [GradientSection().steps]
+    else:
+        assert [size(s) for *_, s in stages] == sizes
     for search, loaded, _tokenizer, _strategy in stages:
         assert search.weights is None and search.num_dims > 0  # checked, nothing loaded
         assert [t.name for t in loaded] == [t["name"] for t in tasks]

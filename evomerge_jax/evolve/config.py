@@ -224,8 +224,19 @@ class ComputeSection(_Strict):
     generation: Literal["auto", "cached", "remerge"] = "auto"  # PS generate: memory_model.py
 
 
+class GradientSection(_Strict):
+    """`search: gradient` (searches/gradient.py): the PS genome's coefficients learned by Adam
+    through the merge and the forward pass; masks (DARE, DELLA) drawn once with the run's seed."""
+
+    loss: Literal["nll", "entropy"] = "nll"  # mean NLL of targets | entropy of the next token
+    steps: PositiveInt = 50
+    learning_rate: float = Field(0.05, gt=0)
+    batch: PositiveInt | None = None  # rows per task per step; default: the task's batch_size
+    validate_every: PositiveInt = 1   # steps between validation passes (the best is chosen there)
+
+
 class EvolveConfig(_Strict):
-    search: Literal["ps", "dfs", "ps+dfs", "pareto"] = "ps"
+    search: Literal["ps", "dfs", "ps+dfs", "pareto", "gradient"] = "ps"
     base_model: Path
     models: tuple[Path, ...] = Field(min_length=1)
     tokenizer: Path | None = None
@@ -239,6 +250,7 @@ class EvolveConfig(_Strict):
     baselines: bool = True
     # search pareto (searches/pareto.py): the tasks whose scores are the objectives of NSGA-II
     objectives: tuple[str, ...] = ()
+    gradient: GradientSection | None = None  # search gradient only (default GradientSection())
 
     @model_validator(mode="after")
     def _check(self):
@@ -264,7 +276,7 @@ class EvolveConfig(_Strict):
     @model_validator(mode="after")
     def _check_source_count(self):
         problem = source_count_error(self.merge.method, len(self.models))
-        if problem and self.search in ("ps", "pareto"):
+        if problem and self.search in ("ps", "pareto", "gradient"):
             raise ValueError(f"merge.method: {problem} (models)")
         return self
 
@@ -287,6 +299,20 @@ class EvolveConfig(_Strict):
         if "name" in self.strategy.model_fields_set:
             raise ValueError("search pareto selects by NSGA-II: strategy.name does not apply "
                              "(population_size, generations, mean, sigma and seed do)")
+        return self
+
+
+    @model_validator(mode="after")
+    def _check_gradient(self):
+        if self.search != "gradient":
+            if self.gradient is not None:
+                raise ValueError("the gradient section applies to search gradient only")
+            return self
+        if self.dfs is not None:
+            raise ValueError("the dfs section applies to search dfs or ps+dfs, not gradient")
+        if "name" in self.strategy.model_fields_set:
+            raise ValueError("search gradient learns by Adam: strategy.name does not apply "
+                             "(mean and seed do; steps are gradient.steps)")
         return self
 
 

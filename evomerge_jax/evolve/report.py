@@ -35,7 +35,8 @@ def plot_fitness(lines: list[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(gens, pick("fitness", "best"), label="best (fitness batch)")
     ax.plot(gens, pick("fitness", "mean"), label="mean (fitness batch)")
-    ax.plot(gens, [line["generation_best"]["validation"] for line in lines], "o", ms=3,
+    val = [line["generation_best"]["validation"] for line in lines]  # None: not validated
+    ax.plot(gens, [np.nan if v is None else v for v in val], "o", ms=3,
             label="generation best on validation")
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness (weighted task score)")

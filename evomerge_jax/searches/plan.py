@@ -150,6 +150,9 @@ class _Stage:
 
 
 def _stage(cfg, a_stand_in=None) -> _Stage:
+    if cfg.search == "gradient":
+        raise ConfigError("evomerge plan does not plan search gradient yet (its backward pass's "
+                          "memory is not modelled)")
     if cfg.search in ("ps", "pareto"):  # pareto: PS's genome and population pass
         spec, hf_config = check_models(cfg)
         k = len(cfg.models)

@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..dfs.search import dfs_search_for, prepare_dfs
 from ..ps.search import prepare_ps, ps_search_for
+from .gradient import prepare_gradient, run_gradient
 from .pareto import prepare_pareto, run_pareto
 from .ps_dfs import evolve_ps_dfs, prepare_ps_dfs
 
@@ -36,4 +37,7 @@ SEARCHES: dict[str, SearchEntry] = {
     "pareto": SearchEntry("pareto", "multi-objective PS: NSGA-II keeps the Pareto front of the "
                           "tasks named in `objectives`, chosen on validation", prepare_pareto,
                           ps_search_for, run=run_pareto),
+    "gradient": SearchEntry("gradient", "PS's genome learned by Adam through the merge and the "
+                            "forward pass, on the targets' NLL or the prompts' entropy",
+                            prepare_gradient, ps_search_for, run=run_gradient),
 }
