@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..dfs.search import dfs_search_for, prepare_dfs
 from ..ps.search import prepare_ps, ps_search_for
+from .m2n2 import prepare_m2n2, run_m2n2
 from .pareto import prepare_pareto, run_pareto
 from .ps_dfs import evolve_ps_dfs, prepare_ps_dfs
 
@@ -36,4 +37,7 @@ SEARCHES: dict[str, SearchEntry] = {
     "pareto": SearchEntry("pareto", "multi-objective PS: NSGA-II keeps the Pareto front of the "
                           "tasks named in `objectives`, chosen on validation", prepare_pareto,
                           ps_search_for, run=run_pareto),
+    "m2n2": SearchEntry("m2n2", "M2N2 (Sakana, GECCO 2025): an archive of PS recipes bred by "
+                        "split-point crossover, resource competition per example and "
+                        "attraction-based mate choice", prepare_m2n2, ps_search_for, run=run_m2n2),
 }
