@@ -43,6 +43,7 @@ def union_task(world, root: Path) -> dict:
 
 def run(world, task, path: Path, search: str, seed: int, generations: int, baselines=False):
     strategy = {"generations": generations, "seed": seed}
+    path.parent.mkdir(parents=True, exist_ok=True)
     extra = {"m2n2": {"archive_size": ARCHIVE, "children": CHILDREN}} if search == "m2n2" else {}
     path = write_config(path, world, [task], search=search, strategy=strategy,
                         merge={"method": "task_arithmetic", "evolve": ["weight"]},
