@@ -9,6 +9,7 @@ import typing
 import jax
 import numpy as np
 import pytest
+import yaml
 
 from evolve_world import echo_task, ppl_task, write_config
 from evomerge_jax.arch import GLOBAL_TENSORS, LAYER_TENSORS
@@ -43,12 +44,20 @@ def test_prepare_checks_without_reading_weights(name, evolve_world, tmp_path):
     if name == "pareto":
         sections["objectives"] = ["echo", "ppl"]
         tasks.append(ppl_task(evolve_world))
-    cfg = load_config(write_config(tmp_path / "c.yml", evolve_world, tasks, **sections))
+    if name == "m2n2":
+        sections["m2n2"] = {"archive_size": 6, "children": 2}
+    path = write_config(tmp_path / "c.yml", evolve_world, tasks, **sections)
+    if name == "m2n2":  # its archive replaces the strategy's population
+        data = yaml.safe_load(path.read_text())
+        del data["strategy"]["population_size"]
+        path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
     prepared = prepare(cfg, log=lambda *_: None)
     stages = prepared if name == "ps+dfs" else (prepared,)
     # the config's population; ps+dfs's DFS stage runs under dfs.strategy (default: the paper's)
     sizes = [6, DFS_STRATEGY.population_size] if name == "ps+dfs" else [6]
-    size = lambda s: s.population_size if name == "pareto" else s.algo.population_size  # noqa
+    size = lambda s: (s.population_size if name in ("pareto", "m2n2")  # noqa: E731
+                      else s.algo.population_size)
     if name == "gradient":  # one candidate, Adam's settings instead of a strategy
         assert [s.steps for *_, s in stages] == [GradientSection().steps]
     else:

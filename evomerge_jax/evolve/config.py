@@ -132,6 +132,16 @@ class StrategySection(_Strict):
 DFS_STRATEGY = StrategySection.model_construct(name="CMA_ES", population_size=128, generations=100)
 
 
+class M2N2Section(_Strict):
+    """`search: m2n2` (searches/m2n2.py, Sakana's M2N2): an archive of `archive_size` merge
+    recipes; each generation breeds `children` by split-point crossover; fitness per example is
+    shared by resource competition with exponent `alpha` (0: no sharing, plain sum)."""
+
+    archive_size: int = Field(8, ge=2)
+    alpha: float = Field(1.0, ge=0)
+    children: PositiveInt = 4
+
+
 class DFSSection(_Strict):
     """Data-flow-space search (see dfs/search.py): a path through models A and B's layers
     repeated r times. `search: dfs`: A and B default to the first two `models`; `search: ps+dfs`:
@@ -236,7 +246,7 @@ class GradientSection(_Strict):
 
 
 class EvolveConfig(_Strict):
-    search: Literal["ps", "dfs", "ps+dfs", "pareto", "gradient"] = "ps"
+    search: Literal["ps", "dfs", "ps+dfs", "pareto", "gradient", "m2n2"] = "ps"
     base_model: Path
     models: tuple[Path, ...] = Field(min_length=1)
     tokenizer: Path | None = None
@@ -251,6 +261,8 @@ class EvolveConfig(_Strict):
     # search pareto (searches/pareto.py): the tasks whose scores are the objectives of NSGA-II
     objectives: tuple[str, ...] = ()
     gradient: GradientSection | None = None  # search gradient only (default GradientSection())
+    # search m2n2 (searches/m2n2.py): archive size, competition exponent, children per generation
+    m2n2: M2N2Section | None = None
 
     @model_validator(mode="after")
     def _check(self):
@@ -276,7 +288,7 @@ class EvolveConfig(_Strict):
     @model_validator(mode="after")
     def _check_source_count(self):
         problem = source_count_error(self.merge.method, len(self.models))
-        if problem and self.search in ("ps", "pareto", "gradient"):
+        if problem and self.search in ("ps", "pareto", "gradient", "m2n2"):
             raise ValueError(f"merge.method: {problem} (models)")
         return self
 
@@ -301,7 +313,6 @@ class EvolveConfig(_Strict):
                              "(population_size, generations, mean, sigma and seed do)")
         return self
 
-
     @model_validator(mode="after")
     def _check_gradient(self):
         if self.search != "gradient":
@@ -313,6 +324,25 @@ class EvolveConfig(_Strict):
         if "name" in self.strategy.model_fields_set:
             raise ValueError("search gradient learns by Adam: strategy.name does not apply "
                              "(mean and seed do; steps are gradient.steps)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_m2n2(self):
+        if self.search != "m2n2":
+            if self.m2n2 is not None:
+                raise ValueError("the m2n2 section applies to search m2n2 only")
+            return self
+        if self.dfs is not None:
+            raise ValueError("the dfs section applies to search dfs or ps+dfs, not m2n2")
+        if "name" in self.strategy.model_fields_set or "population_size" in \
+                self.strategy.model_fields_set:
+            raise ValueError("search m2n2 breeds its own archive: strategy.name and "
+                             "population_size do not apply (m2n2.archive_size, m2n2.children; "
+                             "strategy.generations, mean, sigma and seed do)")
+        lacking = [f"{t.name} ({t.type})" for t in self.tasks if TASK_TYPES[t.type].items is None]
+        if lacking:
+            raise ValueError("search m2n2 shares fitness per example, which these tasks' types do "
+                             f"not score: {', '.join(lacking)}")
         return self
 
 

@@ -193,11 +193,11 @@ class Evaluator:
                 for k in ("tokens", "mask", "labels", "scored")}
         return host, device
 
-    def _score(self, genomes, keys, split, rows_per_task, sums):
+    def _score(self, genomes, keys, split, rows_per_task, sums, items=None):
         host, device = self._assemble(split, rows_per_task)
         teacher, generated = self._call(genomes, keys, device)
         offset, gen_index = 0, 0
-        for task, batch in zip(self.tasks, host):
+        for task, batch, rows in zip(self.tasks, host, rows_per_task):
             if task.generates:
                 out = generated[gen_index]
                 gen_index += 1
@@ -211,6 +211,11 @@ class Evaluator:
             for name, value in part.items():  # arrays of sums, or (lm_eval) of item lists
                 prev = sums[task.name].get(name)
                 sums[task.name][name] = value if prev is None else prev + value
+            if items is not None:  # per-example scores, by example index (padding dropped)
+                rows = np.asarray(rows)
+                per = TASK_TYPES[task.cfg.type].items(task, out, batch, self.tokenizer,
+                                                      task.splits[split].answers)
+                items[task.name][:, rows[rows >= 0]] = per[:, rows >= 0]
 
     def _finish(self, sums) -> dict:
         return {t.name: TASK_TYPES[t.cfg.type].finalize(t, sums[t.name]) for t in self.tasks}
@@ -230,6 +235,20 @@ class Evaluator:
                     for t, c in zip(self.tasks, chunks)]
             self._score(genomes, keys, split, rows, sums)
         return self._finish(sums)
+
+
+    def split_items(self, genomes, keys, split: str) -> tuple[dict, dict]:
+        """`split_scores` and, from the same passes, every example's score in [0, 1]
+        (task_types' `items`): ({task: {metric: [P]}}, {task: [P, examples]})."""
+        chunks = [t.eval_chunks(split) for t in self.tasks]
+        sums = {t.name: {} for t in self.tasks}
+        items = {t.name: np.full((len(genomes), t.splits[split].size), np.nan)
+                 for t in self.tasks}
+        for i in range(max(map(len, chunks))):
+            rows = [c[i] if i < len(c) else np.full(t.cfg.batch_size, -1)
+                    for t, c in zip(self.tasks, chunks)]
+            self._score(genomes, keys, split, rows, sums, items)
+        return self._finish(sums), items
 
 
 def _pad_cols(x: np.ndarray, width: int) -> np.ndarray:

@@ -48,6 +48,10 @@ class TaskType:
     finalize: Callable        # (task, sums) -> {metric: [P]}, "score" included
     reads_files: bool = True  # `data` JSONL files and a `prompt` template (else `load` reads)
     load: Callable | None = None  # (cfg, tokenizer, context) -> TaskData, for its own data
+    # per-example scores in [0, 1], higher is better (M2N2's resources): correct or not, or for
+    # perplexity the per-token geometric-mean probability exp(-nll / tokens); None: the type has
+    # none (search m2n2 refuses it)
+    items: Callable | None = None  # (task, outputs, batch, tokenizer, answers) -> [P, B]
 
 
 def _render(template: str, record: dict, where: str) -> str:
@@ -145,20 +149,53 @@ def _accumulate_choice(task, outputs, batch, tokenizer, answers) -> dict:
             "count": _count(row_ok, logp.shape[0])}
 
 
-def _accumulate_generate(task, outputs, batch, tokenizer, answers) -> dict:
+def _generate_hits(task, outputs, batch, tokenizer, answers) -> np.ndarray:
+    """[P, B]: 1 where candidate p's completion of example b holds the expected answer."""
     cfg, tokens = task.cfg, np.asarray(outputs)
     valid = np.asarray(batch["valid"])
     eos_ids = () if task.eos_id is None else (int(task.eos_id),)
     numeric = cfg.compare == "numeric"
-    correct = np.zeros(tokens.shape[0])
+    hits = np.zeros(tokens.shape[:2])
     for p in range(tokens.shape[0]):
         for b in np.flatnonzero(valid):
             got = extract_answer(completion_text(tokenizer, tokens[p, b], eos_ids, cfg.stop),
                                  cfg.answer_regex, numeric)
             want = extract_answer(answers[int(batch["index"][b])], cfg.answer_regex, numeric)
-            correct[p] += got is not None and (
+            hits[p, b] = got is not None and (
                 math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9) if numeric else got == want)
-    return {"correct": correct, "count": _count(valid, tokens.shape[0])}
+    return hits
+
+
+def _accumulate_generate(task, outputs, batch, tokenizer, answers) -> dict:
+    hits = _generate_hits(task, outputs, batch, tokenizer, answers)
+    return {"correct": hits.sum(-1), "count": _count(np.asarray(batch["valid"]), hits.shape[0])}
+
+
+# ---- items: per-example scores [P, B] in [0, 1] (invalid rows: NaN) ----------------------------
+
+def _items_exact(task, outputs, batch, tokenizer, answers) -> np.ndarray:
+    hit = np.asarray(outputs[2], np.float64)
+    return np.where(np.asarray(batch["valid"]), hit, np.nan)
+
+
+def _items_perplexity(task, outputs, batch, tokenizer, answers) -> np.ndarray:
+    logp, count, _ = (np.asarray(o, np.float64) for o in outputs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prob = np.exp(logp / count)
+    return np.where(np.asarray(batch["valid"]), prob, np.nan)
+
+
+def _items_choice(task, outputs, batch, tokenizer, answers) -> np.ndarray:
+    logp = np.asarray(outputs[0], np.float64)
+    valid = np.asarray(batch["valid"])
+    norm = logp / batch["nbytes"] if task.cfg.metric == "acc_norm" else logp
+    best = np.argmax(np.where(valid, norm, -np.inf), axis=-1)
+    return np.where(valid.any(axis=-1), (best == batch["label"]).astype(float), np.nan)
+
+
+def _items_generate(task, outputs, batch, tokenizer, answers) -> np.ndarray:
+    hits = _generate_hits(task, outputs, batch, tokenizer, answers)
+    return np.where(np.asarray(batch["valid"]), hits, np.nan)
 
 
 # ---- finalize ---------------------------------------------------------------------------------
@@ -187,17 +224,17 @@ def _finalize_perplexity(task, sums) -> dict:
 TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
     TaskType("exact_match", frozenset({"target", "append_eos"}), needs_target=True,
              generates=False, per_choice=False, encode=_encode_exact,
-             accumulate=_accumulate_exact, finalize=_finalize_acc),
+             accumulate=_accumulate_exact, finalize=_finalize_acc, items=_items_exact),
     TaskType("generate", frozenset({"target", "max_new_tokens", "stop", "answer_regex",
                                     "compare"}), needs_target=True, generates=True,
              per_choice=False, encode=_encode_generate, accumulate=_accumulate_generate,
-             finalize=_finalize_acc),
+             finalize=_finalize_acc, items=_items_generate),
     TaskType("choice", frozenset({"choices", "label", "metric"}), needs_target=False,
              generates=False, per_choice=True, encode=_encode_choice,
-             accumulate=_accumulate_choice, finalize=_finalize_choice),
+             accumulate=_accumulate_choice, finalize=_finalize_choice, items=_items_choice),
     TaskType("perplexity", frozenset({"target"}), needs_target=False, generates=False,
              per_choice=False, encode=_encode_perplexity, accumulate=_accumulate_perplexity,
-             finalize=_finalize_perplexity),
+             finalize=_finalize_perplexity, items=_items_perplexity),
     TaskType("lm_eval", frozenset({"lm_eval"}), needs_target=False, generates=False,
              per_choice=False, encode=None, accumulate=lm_eval_task.accumulate,
              finalize=lm_eval_task.finalize, reads_files=False,

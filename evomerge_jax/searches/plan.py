@@ -153,7 +153,7 @@ def _stage(cfg, a_stand_in=None) -> _Stage:
     if cfg.search == "gradient":
         raise ConfigError("evomerge plan does not plan search gradient yet (its backward pass's "
                           "memory is not modelled)")
-    if cfg.search in ("ps", "pareto"):  # pareto: PS's genome and population pass
+    if cfg.search in ("ps", "pareto", "m2n2"):  # PS's genome and population pass
         spec, hf_config = check_models(cfg)
         k = len(cfg.models)
         return _Stage(spec, k, uses_tables(cfg.merge.method), 0,
@@ -196,6 +196,8 @@ def plan_memory(cfg, devices: int | None = None, device_memory: int | str | None
     pop, m = mesh_sizes(setting, devices, lambda m: sum(stage.resident(m, dtype)[:2]),
                         device_memory, log=notes.append)
     population = cfg.strategy.population_for(stage.genes)
+    if cfg.search == "m2n2":  # its archive (generation 0) or its children per pass
+        population = max(cfg.m2n2.archive_size, cfg.m2n2.children) if cfg.m2n2 else 8
     shapes, task_notes = _task_shapes(cfg, stage.tokenizer,
                                       stage.hf_config.get("max_position_embeddings"), seq_len)
 
