@@ -51,7 +51,8 @@ _HEADER_DTYPE = {"bfloat16": ("BF16", 2), "float16": ("F16", 2), "float32": ("F3
 def write_header_only(model_dir: Path, hf_config: dict, dtype: str = "bfloat16") -> Path:
     """An HF model dir whose model.safetensors has a complete, valid header and a sparse data
     region of the right size (reading a tensor would give zeros; the planner never does)."""
-    from evomerge_jax.arch import hf_tensor_names, spec_from_config
+    from evomerge_jax.arch import hf_tensor_names
+    from evomerge_jax.families import spec_from_config
 
     spec = spec_from_config(hf_config)
     code, itemsize = _HEADER_DTYPE[dtype]

@@ -190,8 +190,3 @@ def hf_tensor_names(spec: ModelSpec) -> dict[str, tuple[str, int | None]]:
     if not spec.tie_word_embeddings:
         names[global_hf_name("lm_head")] = ("lm_head", None)
     return names
-
-
-# The family registry builds specs from configs; re-exported here, where callers look for them.
-from .families import (SUPPORTED_ARCHITECTURES, config_with_num_layers,  # noqa: E402,F401
-                       spec_from_config)

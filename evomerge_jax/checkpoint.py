@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from .arch import (IGNORED_SUFFIXES, SUPPORTED_ARCHITECTURES, ModelSpec, config_with_num_layers,
-                    hf_tensor_names, spec_from_config)
+from .arch import IGNORED_SUFFIXES, ModelSpec, hf_tensor_names
 from .errors import CheckpointError, ConfigError
+from .families import SUPPORTED_ARCHITECTURES, config_with_num_layers, spec_from_config
 from .fileio import DEFAULT_SHARD_SIZE, atomic_dir, parse_size, write_safetensors_shards
 
 DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}

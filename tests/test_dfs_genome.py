@@ -7,7 +7,7 @@ import pytest
 
 import evomerge_jax as em
 from evomerge_jax import dfs
-from evomerge_jax.arch import spec_from_config
+from evomerge_jax.families import spec_from_config
 from tiny_models import make_config
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from evolve_world import ppl_task, echo_task, write_config
 from evomerge_jax.errors import ConfigError
-from evomerge_jax.evolve.config import MeshSection, load_config
+from evomerge_jax.evolve.config import load_config
+from evomerge_jax.evolve.config_sections import MeshSection
 from evomerge_jax.parallel.mesh import mesh_sizes, split_axis
 from evomerge_jax.searches.run import prepare
 from tiny_models import make_config
@@ -152,7 +153,7 @@ def test_mesh_sizes():
 
 
 def test_split_axis_rules():
-    from evomerge_jax.arch import spec_from_config
+    from evomerge_jax.families import spec_from_config
 
     spec = spec_from_config({**make_config("llama", vocab_size=96).to_dict(),
                              "architectures": ["LlamaForCausalLM"]})

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from evomerge_jax.errors import ConfigError
-from evomerge_jax.evolve.config import StrategySection
+from evomerge_jax.evolve.config_sections import StrategySection
 from evomerge_jax.evolve.strategy import algorithms, build_strategy
 
 NEEDS_OPTIONS = {"SV_CMA_ES": {"num_populations": 2}, "SV_Open_ES": {"num_populations": 2}}

@@ -14,8 +14,8 @@ import yaml
 from evolve_world import echo_task, ppl_task, write_config
 from evomerge_jax.arch import GLOBAL_TENSORS, LAYER_TENSORS
 from evomerge_jax.errors import ConfigError, MergeError
-from evomerge_jax.evolve.config import (DFS_STRATEGY, EvolveConfig, GradientSection, TaskSection,
-                                         load_config)
+from evomerge_jax.evolve.config import EvolveConfig, load_config
+from evomerge_jax.evolve.config_sections import DFS_STRATEGY, GradientSection, TaskSection
 from evomerge_jax.evolve.task_types import TASK_TYPES
 from evomerge_jax.merge.sparsify import SPARSIFIERS, magnitude_table, sparsify
 from evomerge_jax.searches.registry import SEARCHES

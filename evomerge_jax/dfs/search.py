@@ -23,7 +23,8 @@ import numpy as np
 
 from ..arch import ModelSpec, global_hf_name, layer_hf_name
 from ..checkpoint import DTYPES, Checkpoint, TensorReader, read_config
-from ..evolve.config import DFSSection, EvolveConfig
+from ..evolve.config import EvolveConfig
+from ..evolve.config_sections import DFSSection
 from ..evolve.strategy import build_strategy
 from ..evolve.tasks import load_tasks, load_tokenizer
 from ..model import unembed

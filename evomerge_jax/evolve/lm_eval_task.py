@@ -25,6 +25,7 @@ from unittest import mock
 import numpy as np
 
 from ..errors import ConfigError
+from .task_data import SplitData, TaskData, pad_to, teacher_rows
 
 TEACHER = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
 SPLITS = ("fitness", "validation", "test")
@@ -129,7 +130,6 @@ def _split_docs(section, per_split: dict, name: str) -> dict:
 def load_lm_eval_task(cfg, tokenizer, context: int | None):
     """TaskData of an `lm_eval` task: every split's requests built and tokenized."""
     from ..lm_eval_tokens import HFTokenization
-    from .tasks import SplitData, TaskData, pad_to, teacher_rows
 
     where = f"task {cfg.name!r}"
     section = cfg.lm_eval

@@ -3,7 +3,7 @@ and the safetensors headers. No forward pass is involved, so `evomerge merge` ta
 whose per-layer tensors are named `<prefix><i>.<rest>` (`model.layers.3.…`, GPT-2's
 `transformer.h.3.…`, Granite, …), not only the families the JAX forward supports.
 
-For the families with a forward (`arch.SUPPORTED_ARCHITECTURES`) the layout comes from their
+For the families with a forward (`families.SUPPORTED_ARCHITECTURES`) the layout comes from their
 `ModelSpec`, after `TensorReader.check` has reported every missing, unexpected or misshapen tensor;
 for the others it is read off the names: one layer stack, the same tensors in every layer, and the
 tensors outside the stack split into embeddings (taken from the first slice, as mergekit does) and

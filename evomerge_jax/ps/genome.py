@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arch import LAYER_TENSORS
-from ..evolve.config import method_parameters
+from ..evolve.method_genes import method_parameters
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from ..errors import ConfigError
-from ..evolve.config import GradientSection
+from ..evolve.config_sections import GradientSection
 from ..evolve.evaluate import combine
 from ..evolve.gradient_loss import loss_and_grad, loss_rows
 from ..evolve.loop import Best, _truncate_log
@@ -38,6 +38,7 @@ from ..fileio import atomic_write_text
 from ..parallel.distributed import is_main
 from ..parallel.seeds import candidate_keys
 from ..ps.search import PSSearch, check_models
+from .own_loop import append_log, keep_best
 from .stage import build_mesh, check_mesh, finish, saved_plan, stage_evaluator, start_run_dir
 
 LOSS_TYPES = ("exact_match", "perplexity")  # teacher-forced rows with one target each
@@ -131,10 +132,7 @@ def run_gradient(cfg, *, resume: bool = False, overwrite: bool = False, progress
             val = evaluator.split_scores(genome[None], key, "validation")
             passes += val_batches
             val_score = float(combine(tasks, val)[0])
-            if np.isfinite(val_score) and (best is None or val_score > best.validation):
-                best = Best(step, 0, val_score, -loss, genome.tolist(), key[0].tolist())
-                if is_main():
-                    best.save(run_dir / "best.json")
+            best = keep_best(best, run_dir, val_score, step, 0, -loss, genome, key[0])
             line["generation_best"] = {"candidate": 0, "fitness": -loss, "validation": val_score,
                                        "genome": genome.tolist(),
                                        "validation_tasks": {n: {m: float(v[0]) for m, v in
@@ -151,9 +149,7 @@ def run_gradient(cfg, *, resume: bool = False, overwrite: bool = False, progress
                      "best_so_far": None if best is None else {
                          "generation": best.generation, "candidate": 0,
                          "validation": best.validation}})
-        if is_main():
-            with (run_dir / "log.jsonl").open("a") as handle:
-                handle.write(json.dumps(line) + "\n")
+        append_log(run_dir, line)
         _save_state(run_dir, step + 1, genome, opt_state, best, passes)
         log(f"step {step}: loss {loss:.5f}, |grad| {line['grad_norm']:.4g}")
         if on_generation is not None:

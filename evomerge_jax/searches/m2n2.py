@@ -23,22 +23,22 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..evolve import m2n2
-from ..evolve.config import M2N2Section
+from ..evolve.config_sections import M2N2Section
 from ..evolve.evaluate import combine
-from ..evolve.loop import Best, _summary, _truncate_log
+from ..evolve.loop import _summary, _truncate_log
 from ..evolve.tasks import load_tasks, load_tokenizer
 from ..fileio import atomic_write_text
 from ..parallel.distributed import barrier, is_main
 from ..parallel.seeds import candidate_keys
 from ..ps.genome import clip
 from ..ps.search import PSSearch, check_models
+from .own_loop import append_log, keep_best, load_state, save_state, validate_top
 from .stage import build_mesh, check_mesh, finish, saved_plan, stage_evaluator, start_run_dir
 
 
@@ -103,29 +103,14 @@ def breed(archive: dict, positions, settings: M2N2Settings, generation: int) -> 
     return clip(np.stack(out))[0]
 
 
+ARCHIVE_DTYPES = {"genomes": np.float32, "keys": np.uint32, "items": np.float64,
+                  "total": np.float64, "born": np.int64}
+
+
 def item_matrix(tasks, items: dict) -> np.ndarray:
     """{task: [P, n]} -> [P, J]: the examples of every weighted task, each times its weight."""
     return np.concatenate([t.cfg.weight * np.asarray(items[t.name], np.float64)
                            for t in tasks if t.cfg.weight != 0], axis=1)
-
-
-def _save_state(run_dir: Path, next_generation: int, archive: dict, best) -> None:
-    if is_main():
-        state = {"next_generation": next_generation,
-                 **{k: np.asarray(v).tolist() for k, v in archive.items()},
-                 "best": None if best is None else asdict(best)}
-        atomic_write_text(run_dir / "m2n2.json", json.dumps(state) + "\n")
-
-
-def _load_state(run_dir: Path):
-    state = json.loads((run_dir / "m2n2.json").read_text())
-    archive = {"genomes": np.asarray(state["genomes"], np.float32),
-               "keys": np.asarray(state["keys"], np.uint32),
-               "items": np.asarray(state["items"], np.float64),
-               "total": np.asarray(state["total"], np.float64),
-               "born": np.asarray(state["born"], np.int64)}
-    best = Best(**state["best"]) if state["best"] else None
-    return state["next_generation"], archive, best
 
 
 def run_m2n2(cfg, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -146,7 +131,7 @@ def run_m2n2(cfg, *, resume: bool = False, overwrite: bool = False, progress: bo
         f"alpha {settings.alpha}; {search.num_dims} genes, {settings.generations} generations")
     start, archive, best = 0, None, None
     if resume and (run_dir / "m2n2.json").is_file():
-        start, archive, best = _load_state(run_dir)
+        start, archive, best = load_state(run_dir / "m2n2.json", ARCHIVE_DTYPES)
         log(f"resuming at generation {start} of {settings.generations}")
     _truncate_log(run_dir / "log.jsonl", start)
     for generation in range(start, settings.generations):
@@ -169,20 +154,13 @@ def run_m2n2(cfg, *, resume: bool = False, overwrite: bool = False, progress: bo
                                         ("items", items[i]), ("total", total[i]),
                                         ("born", generation)):
                         archive[name][worst] = value
-        top = int(np.nanargmax(np.where(np.isfinite(total), total, -np.inf)))
-        val = evaluator.split_scores(genomes[top:top + 1], keys[top:top + 1], "validation")
-        val_score = float(combine(tasks, val)[0])
-        if np.isfinite(val_score) and (best is None or val_score > best.validation):
-            best = Best(generation, top, val_score, float(total[top]), genomes[top].tolist(),
-                        keys[top].tolist())
-            if is_main():
-                best.save(run_dir / "best.json")
+        top, val_score = validate_top(evaluator, tasks, genomes, keys, total)
+        best = keep_best(best, run_dir, val_score, generation, top, total[top], genomes[top],
+                         keys[top])
         line = _log_line(generation, began, genomes, total, scores, archive, settings, replaced,
                          top, val_score, best)
-        if is_main():
-            with (run_dir / "log.jsonl").open("a") as handle:
-                handle.write(json.dumps(line) + "\n")
-        _save_state(run_dir, generation + 1, archive, best)
+        append_log(run_dir, line)
+        save_state(run_dir / "m2n2.json", generation + 1, archive, best)
         log(f"generation {generation}: best {line['fitness']['best']:.4f}, archive best "
             f"{line['archive']['fitness']['best']:.4f}, {replaced} replaced")
         if on_generation is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..evolve import pareto
 from ..evolve.evaluate import combine
-from ..evolve.loop import Best, _summary, _truncate_log
+from ..evolve.loop import _summary, _truncate_log
 from ..evolve.tasks import load_tasks, load_tokenizer
 from ..fileio import atomic_write_text
 from ..parallel.distributed import barrier, is_main
@@ -36,6 +36,7 @@ from ..parallel.seeds import STRATEGY_STREAM, candidate_keys
 from ..ps.genome import clip
 from ..ps.search import PSSearch, check_models
 from .pareto_files import plot_pareto, write_front
+from .own_loop import append_log, keep_best, load_state, save_state, validate_top
 from .stage import build_mesh, check_mesh, finish, saved_plan, stage_evaluator, start_run_dir
 
 
@@ -108,22 +109,8 @@ def objective_matrix(scores: dict, objectives) -> np.ndarray:
     return np.stack([np.asarray(scores[o]["score"], np.float64) for o in objectives], axis=1)
 
 
-def _save_state(run_dir: Path, next_generation: int, population: dict, best) -> None:
-    if is_main():
-        state = {"next_generation": next_generation,
-                 **{k: np.asarray(v).tolist() for k, v in population.items()},
-                 "best": None if best is None else asdict(best)}
-        atomic_write_text(run_dir / "population.json", json.dumps(state) + "\n")
-
-
-def _load_state(run_dir: Path):
-    state = json.loads((run_dir / "population.json").read_text())
-    population = {"genomes": np.asarray(state["genomes"], np.float32),
-                  "keys": np.asarray(state["keys"], np.uint32),
-                  "objectives": np.asarray(state["objectives"], np.float64),
-                  "born": np.asarray(state["born"], np.int64)}
-    best = Best(**state["best"]) if state["best"] else None
-    return state["next_generation"], population, best
+POPULATION_DTYPES = {"genomes": np.float32, "keys": np.uint32, "objectives": np.float64,
+                     "born": np.int64}
 
 
 def run_pareto(cfg, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -146,7 +133,7 @@ def run_pareto(cfg, *, resume: bool = False, overwrite: bool = False, progress: 
         f"{nsga.population_size}, {nsga.generations} generations")
     start, population, best = 0, None, None
     if resume and (run_dir / "population.json").is_file():
-        start, population, best = _load_state(run_dir)
+        start, population, best = load_state(run_dir / "population.json", POPULATION_DTYPES)
         log(f"resuming at generation {start} of {nsga.generations}")
     _truncate_log(run_dir / "log.jsonl", start)
     for generation in range(start, nsga.generations):
@@ -169,20 +156,13 @@ def run_pareto(cfg, *, resume: bool = False, overwrite: bool = False, progress: 
                      "born": np.concatenate([population["born"], np.full(size, generation)])}
             keep = pareto.select(union["objectives"], size)
             population = {k: v[keep] for k, v in union.items()}
-        top = int(np.nanargmax(np.where(np.isfinite(total), total, -np.inf)))
-        val = evaluator.split_scores(genomes[top:top + 1], keys[top:top + 1], "validation")
-        val_score = float(combine(tasks, val)[0])
-        if np.isfinite(val_score) and (best is None or val_score > best.validation):
-            best = Best(generation, top, val_score, float(total[top]), genomes[top].tolist(),
-                        keys[top].tolist())
-            if is_main():
-                best.save(run_dir / "best.json")
+        top, val_score = validate_top(evaluator, tasks, genomes, keys, total)
+        best = keep_best(best, run_dir, val_score, generation, top, total[top], genomes[top],
+                         keys[top])
         line = _log_line(generation, began, genomes, total, scores, population, cfg.objectives,
                          top, val_score, best)
-        if is_main():
-            with (run_dir / "log.jsonl").open("a") as handle:
-                handle.write(json.dumps(line) + "\n")
-        _save_state(run_dir, generation + 1, population, best)
+        append_log(run_dir, line)
+        save_state(run_dir / "population.json", generation + 1, population, best)
         log(f"generation {generation}: front of {line['front_size']}, "
             + ", ".join(f"{o} best {line['objectives'][o]['best']:.4f}" for o in cfg.objectives))
         if on_generation is not None:

@@ -17,10 +17,11 @@ from ..arch import ModelSpec
 from ..checkpoint import TensorReader, read_config
 from ..dfs.search import check_dfs_models, dfs_sources
 from ..errors import CheckpointError, ConfigError
-from ..evolve.config import DFSSection, MeshSection
+from ..evolve.config_sections import DFSSection, MeshSection
 from ..evolve.evaluate import available_memory
 from ..evolve.task_types import TASK_TYPES
-from ..evolve.tasks import load_task, load_tokenizer, pad_to
+from ..evolve.task_data import pad_to
+from ..evolve.tasks import load_task, load_tokenizer
 from ..fileio import parse_size
 from ..evolve.method_genes import uses_tables
 from ..parallel.memory_model import (DTYPE_BYTES, F32, Bytes, GiB, TaskShape, Workload,

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from ..dfs.search import prepare_dfs
-from ..evolve.config import DFS_STRATEGY, EvolveConfig
+from ..evolve.config import EvolveConfig
+from ..evolve.config_sections import DFS_STRATEGY
 from ..fileio import atomic_write_text
 from ..parallel.distributed import barrier, is_main
 from ..ps.search import prepare_ps, ps_search_for

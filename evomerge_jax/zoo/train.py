@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..arch import ModelSpec, spec_from_config
+from ..arch import ModelSpec
+from ..families import spec_from_config
 from ..model import forward
 from . import world as w
 
