@@ -179,11 +179,17 @@ def ps_search_for(cfg) -> PSSearch:
     return PSSearch(cfg, spec, hf_config)
 
 
-def prepare_ps(cfg, log=print):
-    """Every check of a `search: ps` config that needs no weights: (search, tasks, tokenizer,
-    strategy)."""
+def ps_parts(cfg):
+    """What every search over PS genomes (ps, pareto, gradient, m2n2) checks and loads before
+    any weights: (search, tasks, tokenizer)."""
     spec, hf_config = check_models(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model)
     tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
-    search = PSSearch(cfg, spec, hf_config)
+    return PSSearch(cfg, spec, hf_config), tasks, tokenizer
+
+
+def prepare_ps(cfg, log=print):
+    """Every check of a `search: ps` config that needs no weights: (search, tasks, tokenizer,
+    strategy)."""
+    search, tasks, tokenizer = ps_parts(cfg)
     return search, tasks, tokenizer, build_strategy(cfg.strategy, search.num_dims)

@@ -33,11 +33,10 @@ from ..evolve.config_sections import GradientSection
 from ..evolve.evaluate import combine
 from ..evolve.gradient_loss import loss_and_grad, loss_rows
 from ..evolve.loop import Best, _truncate_log
-from ..evolve.tasks import load_tasks, load_tokenizer
 from ..fileio import atomic_write_text
 from ..parallel.distributed import is_main
 from ..parallel.seeds import candidate_keys
-from ..ps.search import PSSearch, check_models
+from ..ps.search import ps_parts
 from .own_loop import append_log, keep_best
 from .stage import build_mesh, check_mesh, finish, saved_plan, stage_evaluator, start_run_dir
 
@@ -51,14 +50,12 @@ def settings(cfg) -> GradientSection:
 def prepare_gradient(cfg, log=print):
     """Every check of a `search: gradient` config, no weights read: (search, tasks, tokenizer,
     settings)."""
-    spec, hf_config = check_models(cfg)
     wrong = [f"{t.name} ({t.type})" for t in cfg.tasks if t.type not in LOSS_TYPES]
     if wrong:
         raise ConfigError(f"tasks: search gradient learns from tasks of type "
                           f"{' or '.join(LOSS_TYPES)}; not {', '.join(wrong)}")
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model)
-    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
-    return PSSearch(cfg, spec, hf_config), tasks, tokenizer, settings(cfg)
+    search, tasks, tokenizer = ps_parts(cfg)
+    return search, tasks, tokenizer, settings(cfg)
 
 
 def step_rows(tasks, seed: int, step: int, batch: int | None) -> list[np.ndarray]:

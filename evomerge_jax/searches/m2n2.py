@@ -32,12 +32,11 @@ from ..evolve import m2n2
 from ..evolve.config_sections import M2N2Section
 from ..evolve.evaluate import combine
 from ..evolve.loop import _summary, _truncate_log
-from ..evolve.tasks import load_tasks, load_tokenizer
 from ..fileio import atomic_write_text
 from ..parallel.distributed import barrier, is_main
 from ..parallel.seeds import candidate_keys
 from ..ps.genome import clip
-from ..ps.search import PSSearch, check_models
+from ..ps.search import ps_parts
 from .own_loop import append_log, keep_best, load_state, save_state, validate_top
 from .stage import build_mesh, check_mesh, finish, saved_plan, stage_evaluator, start_run_dir
 
@@ -62,10 +61,7 @@ class M2N2Settings:
 def prepare_m2n2(cfg, log=print):
     """Every check of a `search: m2n2` config, no weights read: (search, tasks, tokenizer,
     settings)."""
-    spec, hf_config = check_models(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model)
-    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
-    search = PSSearch(cfg, spec, hf_config)
+    search, tasks, tokenizer = ps_parts(cfg)
     m, s = cfg.m2n2 or M2N2Section(), cfg.strategy
     return search, tasks, tokenizer, M2N2Settings(m.archive_size, m.children, m.alpha,
                                                   s.generations, s.seed, s.mean, s.sigma)

@@ -29,12 +29,11 @@ from ..errors import ConfigError
 from ..evolve import pareto
 from ..evolve.evaluate import combine
 from ..evolve.loop import _summary, _truncate_log
-from ..evolve.tasks import load_tasks, load_tokenizer
 from ..fileio import atomic_write_text
 from ..parallel.distributed import barrier, is_main
 from ..parallel.seeds import STRATEGY_STREAM, candidate_keys
 from ..ps.genome import clip
-from ..ps.search import PSSearch, check_models
+from ..ps.search import ps_parts
 from .pareto_files import plot_pareto, write_front
 from .own_loop import append_log, keep_best, load_state, save_state, validate_top
 from .stage import build_mesh, check_mesh, finish, saved_plan, stage_evaluator, start_run_dir
@@ -55,10 +54,7 @@ class NSGA2:
 def prepare_pareto(cfg, log=print):
     """Every check of a `search: pareto` config, no weights read: (search, tasks, tokenizer,
     NSGA2 settings)."""
-    spec, hf_config = check_models(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model)
-    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
-    search = PSSearch(cfg, spec, hf_config)
+    search, tasks, tokenizer = ps_parts(cfg)
     s = cfg.strategy
     return search, tasks, tokenizer, NSGA2(s.population_for(search.num_dims), s.generations,
                                            s.seed, s.mean, s.sigma)
