@@ -39,6 +39,7 @@ def tile_features(vision_params: dict, projector_params: dict, spec: VlmSpec, pi
     return project(projector_params, spec, selected)
 
 
+@partial(jax.jit, static_argnames=("image_token_id",))
 def place_features(features_nd, input_ids_bs, image_token_id: int):
     """Rows of `features_nd` in order at the image-token positions (row-major over the batch, as
     transformers' masked_scatter puts them); zeros elsewhere. Returns (embeds [B, S, D], mask)."""
@@ -64,12 +65,12 @@ def _next_features(vision_params, projector_params, spec: VlmSpec, pixel_values,
     elif pixels.ndim != 4 or len(pixels) != sum(counts):
         raise EvomergeError(f"pixel_values of shape {pixels.shape} does not hold the "
                             f"{sum(counts)} tiles image_sizes call for")
-    feats = tile_features(vision_params, projector_params, spec, jnp.asarray(pixels))
-    starts = np.cumsum([0] + counts)
-    newline = projector_params["image_newline"]
+    feats = np.asarray(tile_features(vision_params, projector_params, spec, jnp.asarray(pixels)))
+    starts = np.cumsum([0, *counts])
+    newline = np.asarray(projector_params["image_newline"])
     packed = [anyres.pack_image(spec, feats[a:b], s, newline)
               for a, b, s in zip(starts[:-1], starts[1:], sizes)]
-    return jnp.concatenate(packed, axis=0)
+    return jnp.asarray(np.concatenate(packed, axis=0))
 
 
 def image_embeds(vision_params: dict, projector_params: dict, spec: VlmSpec, input_ids,
