@@ -50,6 +50,17 @@ def unpadded_extent(size_hw, grid_hw: tuple[int, int]) -> tuple[slice, slice]:
     return slice(0, cur_h), slice(pad, cur_w - pad)
 
 
+def num_features(spec: VlmSpec, size_hw) -> int:
+    """How many tokens `pack_image` gives an image of `size_hw` (what the processor expands its
+    placeholder to), from the sizes alone."""
+    rows, cols = tile_grid(spec, size_hw)
+    g = spec.vision.grid
+    row_slice, col_slice = unpadded_extent(size_hw, (rows * g, cols * g))
+    height = len(range(rows * g)[row_slice])
+    width = len(range(cols * g)[col_slice])
+    return spec.tokens_per_tile + height * (width + 1)
+
+
 def pack_image(spec: VlmSpec, tiles_ttd: np.ndarray, size_hw, newline_d) -> np.ndarray:
     """One image's features [tiles, T, D] -> its token sequence [n, D]: the base tile's tokens,
     then the stitched grid row by row (unpadded), each row closed by the newline embedding."""
