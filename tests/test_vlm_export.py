@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 from vlm_models import build_vlm, built_case, torch_inputs
 
 import evomerge_jax
-from evomerge_jax.checkpoint import open_reader
+from evomerge_jax.vlm.checkpoint import open_reader
 from evomerge_jax.cli import main
 from evomerge_jax.vlm.export import write_vlm_dir
 from evomerge_jax.vlm.features import image_embeds
