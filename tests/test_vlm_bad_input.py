@@ -47,6 +47,7 @@ def _set(path: str, value):
     ("llava_clip_default", "text_config.model_type", "gpt2"),
     ("next_clip_default", "multimodal_patch_merge_type", "flat"),
     ("next_clip_default", "image_grid_pinpoints", [[30, 56]]),
+    ("next_clip_default", "vision_feature_select_strategy", "full"),
 ])
 def test_unsupported_config_names_the_key(case, key, value, tmp_path, tmp_path_factory, capsys):
     path = _variant(tmp_path, tmp_path_factory, case, _set(key, value))

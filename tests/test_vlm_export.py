@@ -76,9 +76,10 @@ def test_extract_lm_writes_the_language_model(tmp_path, tmp_path_factory, capsys
 
 
 def test_merge_vlm_with_a_text_model_matches_the_float64_reference(tmp_path, tmp_path_factory):
-    """task_arithmetic over a LLaVA base, a LLaVA-NeXT and a plain text LM (another VLM's extracted language
-    model): the language tower merged, the base's vision tower and projector kept."""
-    base, _, ck_base, enc = built_case("llava_clip_default", tmp_path_factory)
+    """task_arithmetic over a LLaVA base, a LLaVA-NeXT and a plain text LM (another VLM's
+    extracted language model): the language tower merged, the base's vision tower and projector
+    kept."""
+    base, _, ck_base, _ = built_case("llava_clip_default", tmp_path_factory)
     other, _, _, _ = built_case("next_siglip_full", tmp_path_factory)
     donor, _, _, _ = built_case("llava_siglip_full_list", tmp_path_factory)
     assert main(["extract-lm", str(donor), str(tmp_path / "text")]) == 0
@@ -96,16 +97,11 @@ def test_merge_vlm_with_a_text_model_matches_the_float64_reference(tmp_path, tmp
         b, *srcs = (r.read(name).astype(np.float64) for r in readers)
         expected = REFERENCES["task_arithmetic"](b, np.stack(srcs), params, {})
         np.testing.assert_allclose(merged.read(name), expected, rtol=1e-5, atol=1e-6, err_msg=name)
-    out = evomerge_jax.load(tmp_path / "out")
+    out = evomerge_jax.load(tmp_path / "out")  # the LLaVA writer's dirs load in transformers:
+    assert out.spec == ck_base.spec  # test_export_swaps_the_language_tower_...
     assert _leaves_equal(out.params["vision"], ck_base.params["vision"])
     assert _leaves_equal(out.params["projector"], ck_base.params["projector"])
-    model = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
-    with torch.no_grad():
-        ref = model(**torch_inputs(enc)).logits.numpy()
-    ours = np.asarray(evomerge_jax.logits(out, enc["input_ids"], enc["attention_mask"],
-                                          pixel_values=enc["pixel_values"]))
-    real = enc["attention_mask"].astype(bool)
-    np.testing.assert_allclose(ours[real], ref[real], atol=1e-4, rtol=0)
+    assert (tmp_path / "out" / "processor_config.json").is_file()
 
 
 def _modern_layout(src, dest) -> None:
