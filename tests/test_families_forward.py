@@ -1,5 +1,5 @@
-"""Gemma 2, Gemma 3 (text), Phi-3 and Mixtral against transformers: logits with padding on either side,
-greedy generation, and the one-line errors of the variants the engine does not run."""
+"""Gemma 2, Gemma 3 (text), Phi-3 and Mixtral against transformers: logits with padding on
+either side, greedy generation, and the one-line errors of the variants the engine does not run."""
 
 import json
 
