@@ -148,7 +148,14 @@ class TensorReader:
 
     def read_slice(self, name: str, index: tuple, dtype=None) -> np.ndarray:
         """The block `index` (a tuple of slices) of a tensor, reading only those bytes (the
-        sharded loader: each host reads the blocks its devices hold)."""
+        sharded loader: each host reads the blocks its devices hold); of a fused expert view,
+        only the experts `index` selects."""
+        view = self.views.get(name)
+        if view is not None:
+            index = tuple(index)
+            if not view.stacked:
+                return self._read_view(view, (), dtype, index)
+            return self._read_view(view, range(len(view.parts))[index[0]], dtype, index[1:])
         if name not in self.files:
             raise CheckpointError(f"{self.root}: tensor {name!r} is missing")
         file = self.files[name]
