@@ -86,8 +86,8 @@ LAYER_TENSORS: dict[str, TensorInfo] = {
     "up_proj": _mlp("mlp.up_proj.weight", lambda s: (s.intermediate_size, s.hidden_size), _FF),
     "down_proj": _mlp("mlp.down_proj.weight", lambda s: (s.hidden_size, s.intermediate_size),
                       (1, "intermediate_size"), fold="divide"),
-    # Mixtral's router [E, D] and experts, fused per layer as transformers 5 (and mergekit 0.1.5)
-    # name them: gate_up [E, 2F, D] = [w1; w3] per expert, down [E, D, F] = w2 (checkpoints with
+    # Mixtral's router [U, D] and experts, fused per layer as transformers 5 (and mergekit 0.1.5)
+    # name them: gate_up [U, 2F, D] = [w1; w3] per expert, down [U, D, F] = w2 (checkpoints with
     # per-expert w1/w2/w3 are read through expert_names.py). Split over the model axis by expert.
     "router": _mlp("mlp.gate.weight", lambda s: (s.num_experts, s.hidden_size)),
     "experts_gate_up": _mlp("mlp.experts.gate_up_proj", lambda s: (

@@ -1,8 +1,8 @@
 """Mixtral checkpoints as the engine names them. Hub checkpoints (and transformers 5's
 `save_pretrained`) store each expert apart, `block_sparse_moe.experts.{e}.w1/w2/w3.weight`, and the
 router as `block_sparse_moe.gate.weight`; transformers 5 (in memory) and mergekit 0.1.5 (on disk)
-use one fused tensor per layer: `mlp.experts.gate_up_proj` [E, 2F, D] (each expert's w1 rows, then
-its w3 rows), `mlp.experts.down_proj` [E, D, F] (w2) and `mlp.gate.weight`. The engine reads,
+use one fused tensor per layer: `mlp.experts.gate_up_proj` [U, 2F, D] (each expert's w1 rows, then
+its w3 rows), `mlp.experts.down_proj` [U, D, F] (w2) and `mlp.gate.weight`. The engine reads,
 merges and writes the fused names; `legacy_views` maps each fused name to the per-expert tensors
 it is made of, so that `TensorReader` serves either layout under the fused names.
 """

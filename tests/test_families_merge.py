@@ -82,8 +82,8 @@ SUITE_CASES = [("gemma2", "linear"), ("gemma3", "passthrough"), ("gemma3", "arce
 # for 3 layers) and transformers refuses to save it: there our output must run in transformers.
 MERGEKIT_REFUSES = {("gemma3", "passthrough"): "must be equal to the number of `layer_types`"}
 # Measured with EVOMERGE_FAMILY_MERGES=all: every deterministic case agrees within TOL. Mixtral's
-# experts merge as mergekit 0.1.5 merges them, one fused tensor per layer ([E, 2F, D] gate_up,
-# [E, D, F] down: the names transformers 5 and mergekit write), so the whole-tensor methods
+# experts merge as mergekit 0.1.5 merges them, one fused tensor per layer ([U, 2F, D] gate_up,
+# [U, D, F] down: the names transformers 5 and mergekit write), so the whole-tensor methods
 # (norms, thresholds, cosines, TIES's top-k) see the same tensors.
 _WANTED = os.environ.get("EVOMERGE_FAMILY_MERGES")  # "all", or one family's name
 CASES = SUITE_CASES if not _WANTED else [c for c in ALL_CASES if _WANTED in ("all", c[0])]

@@ -101,8 +101,8 @@ def _kl_of_softmaxes(x_rc, a_rc, d_rc):
 def arcee_fusion(base, sources_k, params, key=None):
     """Arcee Fusion: importance = |X − A| · KL(softmax(X) ‖ softmax(A)) per row of the last axis
     (+1e-8); keep the change X − A only where importance >= median + 1.5·IQR of all importances.
-    Rows are along the last axis whatever the rank: a Mixtral expert tensor [E, 2F, D] has E·2F
-    rows of D (mergekit 0.1.5, black-box: its kept elements match this exactly, not E rows)."""
+    Rows are along the last axis whatever the rank: a Mixtral expert tensor [U, 2F, D] has U·2F
+    rows of D (mergekit 0.1.5, black-box: its kept elements match this exactly, not U rows)."""
     del params, key
     other = sources_k[0]
     change = other - base
