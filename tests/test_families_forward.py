@@ -85,6 +85,7 @@ def _edited(path, tmp_path, **changes):
     ("gemma3_local_rope", dict(use_bidirectional_attention=True), "use_bidirectional_attention"),
     ("phi3_longrope", dict(rope_parameters={"rope_type": "yarn", "factor": 2.0}), "rope type"),
     ("phi3_sliding_tied", dict(partial_rotary_factor=0.5), "partial_rotary_factor"),
+    ("mixtral_top1", dict(num_experts_per_tok=4), "num_experts_per_tok"),
 ])
 def test_unsupported_variants_fail_in_one_line(family_dirs, tmp_path, name, changes, key):
     path = _edited(family_dirs[name][1], tmp_path, **changes)
