@@ -54,6 +54,7 @@ def _mlp(hf, shape, split=None, fold=None, norm=False) -> TensorInfo:
 _q = lambda s: s.num_heads * s.head_dim  # noqa: E731 (shape helpers)
 _kv = lambda s: s.num_kv_heads * s.head_dim  # noqa: E731
 _HEADS, _KV, _FF = (0, "num_heads"), (0, "num_kv_heads"), (0, "intermediate_size")
+_EXPERTS = (0, "num_experts")
 
 LAYER_TENSORS: dict[str, TensorInfo] = {
     "attn_norm": _attn("input_layernorm.weight", lambda s: (s.hidden_size,), fold="sign",
@@ -85,6 +86,14 @@ LAYER_TENSORS: dict[str, TensorInfo] = {
     "up_proj": _mlp("mlp.up_proj.weight", lambda s: (s.intermediate_size, s.hidden_size), _FF),
     "down_proj": _mlp("mlp.down_proj.weight", lambda s: (s.hidden_size, s.intermediate_size),
                       (1, "intermediate_size"), fold="divide"),
+    # Mixtral's router [U, D] and experts, fused per layer as transformers 5 (and mergekit 0.1.5)
+    # name them: gate_up [U, 2F, D] = [w1; w3] per expert, down [U, D, F] = w2 (checkpoints with
+    # per-expert w1/w2/w3 are read through expert_names.py). Split over the model axis by expert.
+    "router": _mlp("mlp.gate.weight", lambda s: (s.num_experts, s.hidden_size)),
+    "experts_gate_up": _mlp("mlp.experts.gate_up_proj", lambda s: (
+        s.num_experts, 2 * s.intermediate_size, s.hidden_size), _EXPERTS),
+    "experts_down": _mlp("mlp.experts.down_proj", lambda s: (
+        s.num_experts, s.hidden_size, s.intermediate_size), _EXPERTS, fold="divide"),
     "gate_bias": _mlp("mlp.gate_proj.bias", lambda s: (s.intermediate_size,), _FF),
     "up_bias": _mlp("mlp.up_proj.bias", lambda s: (s.intermediate_size,), _FF),
     "down_bias": _mlp("mlp.down_proj.bias", lambda s: (s.hidden_size,), fold="divide"),
@@ -146,6 +155,8 @@ class ModelSpec:
     local_rope: RopeSpec | None = None  # the sliding layers' own rotary embedding (Gemma 3)
     hf_renames: tuple[tuple[str, str], ...] = ()       # short name -> this family's HF name
     fold_overrides: tuple[tuple[str, str | None], ...] = ()  # short name -> DFS fold rule
+    num_experts: int = 0            # Mixtral: experts per layer (0: a dense MLP)
+    experts_per_token: int = 0      # Mixtral: top-k routing
 
     @property
     def global_tensors(self) -> tuple[str, ...]:

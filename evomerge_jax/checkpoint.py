@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from .arch import IGNORED_SUFFIXES, ModelSpec, hf_tensor_names
 from .errors import CheckpointError, ConfigError
+from .expert_names import View, legacy_views
 from .families import SUPPORTED_ARCHITECTURES, config_with_num_layers, spec_from_config
 from .fileio import DEFAULT_SHARD_SIZE, atomic_dir, parse_size, write_safetensors_shards
 
@@ -80,6 +81,11 @@ class TensorReader:
         self._handles: dict[Path, object] = {}
         self.stored: dict[str, str] = {}  # name -> the name in the file, where they differ
         self.files = self._weight_map()
+        # Mixtral's per-expert tensors, served under the fused names (expert_names.py)
+        self.views: dict[str, View] = {}
+        if self.spec is not None and self.spec.num_experts:
+            self.views = legacy_views(self.files, str(self.root))
+        self._hidden = {n for v in self.views.values() for group in v.parts for n in group}
 
     def _weight_map(self) -> dict[str, Path]:
         index = self.root / "model.safetensors.index.json"
@@ -105,20 +111,36 @@ class TensorReader:
         return self._handles[file]
 
     def names(self) -> list[str]:
-        return list(self.files)
+        return [n for n in self.files if n not in self._hidden] + list(self.views)
 
     def _key(self, name: str) -> str:
         return self.stored.get(name, name)
 
     def shape(self, name: str) -> tuple[int, ...]:
+        view = self.views.get(name)
+        if view is not None:
+            first = [self.shape(n) for n in view.parts[0]]
+            if not view.stacked:
+                return first[0]
+            return (len(view.parts), sum(s[0] for s in first)) + first[0][1:]
         return tuple(self._open(self.files[name]).get_slice(self._key(name)).get_shape())
 
     def dtype(self, name: str) -> str:
         """The stored dtype of a tensor, from the file header (F32 -> float32, ...)."""
+        if name in self.views:
+            return self.dtype(self.views[name].parts[0][0])
         raw = self._open(self.files[name]).get_slice(self._key(name)).get_dtype()
         return _HEADER_DTYPES.get(raw, raw)
 
+    def _read_view(self, view: View, experts, dtype, index=()) -> np.ndarray:
+        if not view.stacked:
+            return self.read(view.parts[0][0], dtype)[tuple(index)]
+        return np.stack([np.concatenate([self.read(n, dtype) for n in view.parts[e]])[tuple(index)]
+                         for e in experts])
+
     def read(self, name: str, dtype=None) -> np.ndarray:
+        if name in self.views:
+            return self._read_view(self.views[name], range(len(self.views[name].parts)), dtype)
         if name not in self.files:
             raise CheckpointError(f"{self.root}: tensor {name!r} is missing")
         file = self.files[name]
@@ -130,7 +152,14 @@ class TensorReader:
 
     def read_slice(self, name: str, index: tuple, dtype=None) -> np.ndarray:
         """The block `index` (a tuple of slices) of a tensor, reading only those bytes (the
-        sharded loader: each host reads the blocks its devices hold)."""
+        sharded loader: each host reads the blocks its devices hold); of a fused expert view,
+        only the experts `index` selects."""
+        view = self.views.get(name)
+        if view is not None:
+            index = tuple(index)
+            if not view.stacked:
+                return self._read_view(view, (), dtype, index)
+            return self._read_view(view, range(len(view.parts))[index[0]], dtype, index[1:])
         if name not in self.files:
             raise CheckpointError(f"{self.root}: tensor {name!r} is missing")
         file = self.files[name]
@@ -145,7 +174,7 @@ class TensorReader:
         expected = hf_tensor_names(self.spec)
         problems = []
         for name, (short, layer) in expected.items():
-            if name not in self.files:
+            if name not in self.files and name not in self.views:
                 problems.append(f"missing tensor {name!r}")
                 continue
             want = self.spec.global_shape(short) if layer is None else self.spec.layer_shape(short)
@@ -155,7 +184,7 @@ class TensorReader:
             if self.dtype(name) not in _HEADER_DTYPES.values():
                 problems.append(f"tensor {name!r} has dtype {self.dtype(name)}, "
                                 "expected float32, float16 or bfloat16")
-        for name in self.files:
+        for name in self.names():
             tied_head = name == "lm_head.weight" and self.spec.tie_word_embeddings
             if name not in expected and not tied_head and not name.endswith(IGNORED_SUFFIXES):
                 problems.append(f"unexpected tensor {name!r} for {self.spec.architecture}")

@@ -20,6 +20,8 @@ _ATTN_BIAS_ALL = ("q_bias", "k_bias", "v_bias", "o_bias")
 _MLP_BIAS = ("gate_bias", "up_bias", "down_bias")
 _GEMMA_CORE = _CORE + ("attn_post_norm", "mlp_post_norm")
 _PHI3_CORE = ("attn_norm", "qkv_proj", "o_proj", "mlp_norm", "gate_up_proj", "down_proj")
+_MIXTRAL_CORE = ("attn_norm", "q_proj", "k_proj", "v_proj", "o_proj", "mlp_norm", "router",
+                 "experts_gate_up", "experts_down")
 
 
 def _llama_tensors(cfg: dict) -> tuple[str, ...]:
@@ -51,6 +53,7 @@ class Family:
     hf_renames: tuple[tuple[str, str], ...] = ()
     fold_overrides: tuple[tuple[str, str | None], ...] = ()
     unsupported_keys: tuple[tuple[str, object], ...] = field(default=())  # key -> allowed value
+    moe: bool = False   # a router and experts per layer (num_local_experts, num_experts_per_tok)
 
 
 # Gemma's o_proj and down_proj feed a post-norm, not the residual stream: the post-norms fold.
@@ -73,6 +76,8 @@ FAMILIES: tuple[Family, ...] = (
            unsupported_keys=(("use_bidirectional_attention", False),)),
     Family("phi3", ("Phi3ForCausalLM",), lambda cfg: _PHI3_CORE, sliding="all",
            fold_overrides=(("qkv_proj", None), ("gate_up_proj", None))),
+    Family("mixtral", ("MixtralForCausalLM",), lambda cfg: _MIXTRAL_CORE, sliding="all",
+           moe=True),
 )
 _BY_ARCH = {arch: fam for fam in FAMILIES for arch in fam.architectures}
 SUPPORTED_ARCHITECTURES = tuple(_BY_ARCH)
@@ -176,6 +181,17 @@ def _gemma_fields(fam: Family, cfg: dict) -> dict:
                 query_scale=None if scalar is None else float(scalar) ** -0.5)
 
 
+def _moe_fields(cfg: dict, where: str) -> dict:
+    try:
+        experts, k = int(cfg["num_local_experts"]), int(cfg["num_experts_per_tok"])
+    except KeyError as missing:
+        raise ConfigError(f"{where}: missing required key {missing.args[0]!r}") from None
+    if not 1 <= k <= experts:
+        raise ConfigError(f"{where}: num_experts_per_tok={k} must be within 1..num_local_experts="
+                          f"{experts}")
+    return dict(num_experts=experts, experts_per_token=k)
+
+
 def spec_from_config(cfg: dict, where: str = "config.json") -> ModelSpec:
     """Validate an HF config dict and build its spec. `where` names the file in error messages."""
     archs = cfg.get("architectures") or []
@@ -218,6 +234,7 @@ def spec_from_config(cfg: dict, where: str = "config.json") -> ModelSpec:
         hidden_act=act, layer_tensors=fam.tensors(cfg), sliding_window=window,
         sliding_layers=flags, family=fam.name, local_rope=local_rope, hf_renames=fam.hf_renames,
         fold_overrides=fam.fold_overrides, **(_gemma_fields(fam, cfg) if fam.gemma else {}),
+        **(_moe_fields(cfg, where) if fam.moe else {}),
         **spec_fields)
 
 

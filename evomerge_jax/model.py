@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .arch import ModelSpec, RopeSpec
+from .moe import routed_mlp
 
 _ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -134,6 +135,8 @@ def _qkv(lp: dict, spec: ModelSpec, x):
 
 def _mlp(lp: dict, spec: ModelSpec, x):
     act = _ACTIVATIONS[spec.hidden_act]
+    if "router" in lp:  # Mixtral
+        return routed_mlp(lp, spec, act, x)
     if "gate_up_proj" in lp:
         gate, up = jnp.split(_linear(x, lp["gate_up_proj"]), 2, axis=-1)
     else:

@@ -1,10 +1,11 @@
-"""Tiny seeded random models of the families beyond Llama (Gemma 2, Gemma 3 text, Phi-3), built
-with transformers (the oracle) and saved with `save_pretrained`, as users' checkpoints are.
+"""Tiny seeded random models of the families beyond Llama (Gemma 2, Gemma 3 text, Phi-3,
+Mixtral), built with transformers (the oracle) and saved with `save_pretrained`, as users'
+checkpoints are (Mixtral's experts: per-expert w1/w2/w3, as transformers 5 saves them).
 
 Each config exercises what changes the maths: soft-capping, sliding windows shorter than the
 prompts (12 tokens), tied and untied heads, query_pre_attn_scalar, Gemma 3's local rope and linear
 scaling, Phi-3's long-rope factors (an original context of 8 < 12 positions: the long factors are
-used, as transformers switches to them).
+used, as transformers switches to them), Mixtral's top-1 and top-2 routing.
 """
 
 from __future__ import annotations
@@ -51,18 +52,19 @@ FAMILY_CONFIGS = {
         original_max_position_embeddings=8, tie_word_embeddings=False, sliding_window=None)),
     "phi3_sliding_tied": ("Phi3Config", dict(
         head_dim=None, sliding_window=4, tie_word_embeddings=True)),
-}
-# Merged by tensor names only (the forward does not run Mixtral): experts and router.
-MERGE_ONLY_CONFIGS = {
+    # Mixtral: top-2 of 4 experts with a sliding window shorter than the prompts, untied; top-1
+    # of 3, tied, no window.
     "mixtral_top2": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2,
-                                           num_hidden_layers=2)),
+                                           num_hidden_layers=2, sliding_window=4)),
+    "mixtral_top1": ("MixtralConfig", dict(num_local_experts=3, num_experts_per_tok=1,
+                                           num_hidden_layers=2, tie_word_embeddings=True)),
 }
 GEMMA = ("gemma2_softcap", "gemma2_untied", "gemma3_local_rope", "gemma3_softcap_untied")
 
 
 def make_family_model(name: str, seed: int = 0, **extra):
     """A random model; Gemma's norms are stored as `weight - 1`: theirs are perturbed around 0."""
-    cls_name, overrides = {**FAMILY_CONFIGS, **MERGE_ONLY_CONFIGS}[name]
+    cls_name, overrides = FAMILY_CONFIGS[name]
     kwargs = {**_BASE, **overrides, **extra}
     if kwargs.get("head_dim") is None:
         kwargs.pop("head_dim")

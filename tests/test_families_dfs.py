@@ -1,6 +1,7 @@
-"""DFS on Gemma 2, Gemma 3 (text) and Phi-3: a path with negative and non-unit scales, exported as
-a plain HF checkpoint (the family's fold, docs/design.md §4.1), run by transformers' PyTorch model
-against the JAX path forward; and one PS+DFS search on Gemma 2 that evolves and exports.
+"""DFS on Gemma 2, Gemma 3 (text), Phi-3 and Mixtral: a path with negative and non-unit scales,
+exported as a plain HF checkpoint (the family's fold, docs/design.md §4.1), run by transformers'
+PyTorch model against the JAX path forward (searches that evolve and export:
+test_families_evolve.py).
 
 The norms' epsilon is the one approximation of every fold (§4); these models use eps = 1e-9 so
 that what is checked here is the family's fold itself (post-norms, 1 + weight, embedding scale),
@@ -19,9 +20,11 @@ LAYERS = (0, 4, 1, 3, 5, 1, 2)    # A0, B1, A1, B0, B2, A1 again, A2 (the fixed 
 SCALES = (1.3, -0.7, 1.8, 0.5, -1.2, 0.9, 1.1)   # negative scales flip the norms' signs
 
 
-@pytest.mark.parametrize("name", ["gemma2_softcap", "gemma3_local_rope", "phi3_longrope"])
+@pytest.mark.parametrize("name", ["gemma2_softcap", "gemma3_local_rope", "phi3_longrope",
+                                  "mixtral_top2"])
 def test_family_export_matches_path_forward(tmp_path, name):
-    ckpts = [em.load(save_family_model(make_family_model(name, seed, rms_norm_eps=1e-9),
+    ckpts = [em.load(save_family_model(make_family_model(name, seed, rms_norm_eps=1e-9,
+                                                         num_hidden_layers=3),
                                        tmp_path / tag)) for tag, seed in (("a", 40), ("b", 41))]
     stack = dfs.stack_sources(ckpts, ["a", "b"])
     path = dfs.LayerPath(("a", "b"), (3, 3), LAYERS, SCALES)

@@ -1,11 +1,14 @@
-"""Gemma 2, Gemma 3 (text) and Phi-3 against transformers: logits with padding on either side,
-greedy generation, and the one-line errors of the variants the engine does not run."""
+"""Gemma 2, Gemma 3 (text), Phi-3 and Mixtral against transformers: logits with padding on
+either side, greedy generation, and the one-line errors of the variants the engine does not run."""
 
 import json
 
 import numpy as np
 import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
 import torch
+import transformers
 from family_models import FAMILY_CONFIGS, make_family_model, save_family_model
 from test_model_parity import _batch, _hf_logits
 
@@ -39,7 +42,7 @@ def test_logits_match_transformers(family_dirs, name):
 # Each generation compiles a prefill and a step loop, so two configs: Gemma 3 (the Gemma decoder
 # with local/global rope, sliding window 4 < 12 prompt tokens) and Phi-3 (long rope: its factors
 # apply to the cached keys and every step).
-@pytest.mark.parametrize("name", ["gemma3_local_rope", "phi3_longrope"])
+@pytest.mark.parametrize("name", ["gemma3_local_rope", "phi3_longrope", "mixtral_top2"])
 def test_greedy_generation_matches_transformers(family_dirs, name):
     model, path = family_dirs[name]
     ckpt = em.load(path)
@@ -82,6 +85,7 @@ def _edited(path, tmp_path, **changes):
     ("gemma3_local_rope", dict(use_bidirectional_attention=True), "use_bidirectional_attention"),
     ("phi3_longrope", dict(rope_parameters={"rope_type": "yarn", "factor": 2.0}), "rope type"),
     ("phi3_sliding_tied", dict(partial_rotary_factor=0.5), "partial_rotary_factor"),
+    ("mixtral_top1", dict(num_experts_per_tok=4), "num_experts_per_tok"),
 ])
 def test_unsupported_variants_fail_in_one_line(family_dirs, tmp_path, name, changes, key):
     path = _edited(family_dirs[name][1], tmp_path, **changes)
@@ -90,10 +94,35 @@ def test_unsupported_variants_fail_in_one_line(family_dirs, tmp_path, name, chan
     assert key in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["gemma2_untied", "gemma3_local_rope", "phi3_longrope"])
+@pytest.mark.parametrize("name", ["gemma2_untied", "gemma3_local_rope", "phi3_longrope",
+                                  "mixtral_top1"])
 def test_planner_counts_every_parameter(family_dirs, name):
     """`evomerge plan`'s element count (fused qkv/gate_up, post-norms, q/k norms, tied heads)
     equals the PyTorch model's."""
     model, path = family_dirs[name]
     spec = em.load(path).spec
     assert model_elements(spec) == sum(p.numel() for p in model.parameters())
+
+
+def test_mixtral_fused_layout_round_trips(family_dirs, tmp_path):
+    """A checkpoint of per-expert w1/w2/w3 loads under the fused names; `save` writes the fused
+    layout (transformers 5's and mergekit's), which transformers loads back to the same logits.
+    An expert missing a tensor fails in one line naming it."""
+    model, path = family_dirs["mixtral_top2"]
+    ckpt = em.load(path)
+    out = em.save(ckpt, tmp_path / "fused")
+    with safe_open(out / "model.safetensors", "np") as f:
+        assert f.get_slice("model.layers.1.mlp.experts.gate_up_proj").get_shape() == [4, 96, 32]
+    again = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
+    tokens, mask = _batch(ckpt.spec.vocab_size, left=True)
+    valid = mask.astype(bool)
+    theirs = _hf_logits(again.eval(), tokens, mask)
+    assert np.max(np.abs(np.asarray(em.logits(em.load(out), tokens, mask))[valid]
+                         - theirs[valid])) < 1e-4
+    broken = _edited(path, tmp_path)
+    with safe_open(path / "model.safetensors", "np") as f:
+        kept = {k: f.get_tensor(k) for k in f.keys() if not k.endswith("experts.2.w3.weight")}
+    save_file(kept, broken / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing tensor model\.layers\.0\.block_sparse_moe"
+                       r"\.experts\.2\.w3\.weight$"):
+        em.load(broken)

@@ -111,6 +111,8 @@ def activation_bytes(spec: ModelSpec, w: Workload, dtype: str, model_axis: int =
     b = DTYPE_BYTES[dtype]
     tokens, keys = w.rows * w.seq, w.seq + w.new_tokens
     ff = _axis(spec.intermediate_size, model_axis)
+    if spec.num_experts:  # every expert runs on every token (moe.py): U x (2F + D) per token
+        ff = _axis(spec.num_experts, model_axis) * (2 * spec.intermediate_size + spec.hidden_size)
     act = tokens * (2 * spec.hidden_size + ff) * F32
     scores = w.rows * _axis(spec.num_heads, model_axis) * w.seq * keys * F32
     if not w.new_tokens:
