@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import ConfigError
 from .config import TaskSection
 from .task_data import SPLITS, SplitData, TaskData, pad_to, teacher_rows
-from .task_images import expand_prompt, image_arrays, image_path
+from .task_images import IMAGE_FIELD, expand_prompt, image_arrays, image_path
 from .task_types import TASK_TYPES, TaskError
 
 
@@ -65,6 +65,9 @@ def _split_rows(cfg: TaskSection, records, path: Path, tokenizer, eos_id, images
             record, path, where)
         if image is not None:
             one, image = expand_prompt(one, image, images, where)
+        elif images is not None and images.image_token_id in one.prompt:
+            raise TaskError(f"{where}: the prompt holds the image token {images.image_token!r} "
+                            f"but the record has no {IMAGE_FIELD!r}")
         encoded.append(one)
         pixels.append(image)
     return encoded, [(str(path), line) for _, line in records], pixels
