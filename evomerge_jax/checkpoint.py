@@ -78,6 +78,7 @@ class TensorReader:
     def __init__(self, path: str | Path, need_spec: bool = True):
         self.root, self.config, self.spec = read_config(path, need_spec)
         self._handles: dict[Path, object] = {}
+        self.stored: dict[str, str] = {}  # name -> the name in the file, where they differ
         self.files = self._weight_map()
 
     def _weight_map(self) -> dict[str, Path]:
@@ -106,12 +107,15 @@ class TensorReader:
     def names(self) -> list[str]:
         return list(self.files)
 
+    def _key(self, name: str) -> str:
+        return self.stored.get(name, name)
+
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._open(self.files[name]).get_slice(name).get_shape())
+        return tuple(self._open(self.files[name]).get_slice(self._key(name)).get_shape())
 
     def dtype(self, name: str) -> str:
         """The stored dtype of a tensor, from the file header (F32 -> float32, ...)."""
-        raw = self._open(self.files[name]).get_slice(name).get_dtype()
+        raw = self._open(self.files[name]).get_slice(self._key(name)).get_dtype()
         return _HEADER_DTYPES.get(raw, raw)
 
     def read(self, name: str, dtype=None) -> np.ndarray:
@@ -119,7 +123,7 @@ class TensorReader:
             raise CheckpointError(f"{self.root}: tensor {name!r} is missing")
         file = self.files[name]
         try:
-            value = self._open(file).get_tensor(name)
+            value = self._open(file).get_tensor(self._key(name))
         except (SafetensorError, OSError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{file}: cannot read tensor {name!r} ({exc})") from None
         return np.asarray(value if dtype is None else value.astype(dtype))
@@ -131,7 +135,7 @@ class TensorReader:
             raise CheckpointError(f"{self.root}: tensor {name!r} is missing")
         file = self.files[name]
         try:
-            value = self._open(file).get_slice(name)[tuple(index)]
+            value = self._open(file).get_slice(self._key(name))[tuple(index)]
         except (SafetensorError, OSError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{file}: cannot read tensor {name!r} ({exc})") from None
         return np.asarray(value if dtype is None else value.astype(dtype))
@@ -159,11 +163,20 @@ class TensorReader:
             raise CheckpointError(f"{self.root}: " + "; ".join(problems))
 
 
-def load(path: str | Path, dtype: str | None = None) -> Checkpoint:
-    """Load an HF model dir. `dtype` (float32, float16, bfloat16) casts; None keeps the file's."""
+def load(path: str | Path, dtype: str | None = None):
+    """Load an HF model dir. `dtype` (float32, float16, bfloat16) casts; None keeps the file's.
+    A LLaVA / LLaVA-NeXT dir gives a `vlm.VlmCheckpoint` (its language tower is a `Checkpoint`'s
+    params)."""
+    from .vlm.checkpoint import is_vlm_dir, load_vlm  # the vlm package builds on this module
+    if is_vlm_dir(path):
+        return load_vlm(path, dtype)
+    return load_text(TensorReader(path), dtype)
+
+
+def load_text(reader: TensorReader, dtype: str | None = None) -> Checkpoint:
+    """The decoder a reader describes (a text-LM dir, or a VLM's language tower)."""
     if dtype is not None and dtype not in DTYPES:
         raise CheckpointError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    reader = TensorReader(path)
     reader.check()
     spec, cast = reader.spec, (DTYPES[dtype] if dtype else None)
     params: dict = {g: jnp.asarray(reader.read(hf, cast)) for g, hf in

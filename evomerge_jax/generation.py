@@ -15,7 +15,8 @@ import numpy as np
 
 from .arch import ModelSpec
 from .errors import EvomergeError
-from .model import decoder_layer, embed, make_context, positions_from_mask, sliding_flags, unembed
+from .model import (decoder_layer, embed, make_context, positions_from_mask, sliding_flags,
+                    splice_embeds, unembed)
 
 
 def _run_layers(params, spec: ModelSpec, h, ctx, caches, cache_index):
@@ -35,13 +36,16 @@ def _next_token(logits_bv, done_b, eos_ids: tuple[int, ...], pad_id: int):
 
 
 def greedy_loop(embed_fn, layers_fn, unembed_fn, caches, tokens_bs, mask_bs, spec: ModelSpec, *,
-                max_new_tokens: int, eos_ids: tuple[int, ...] = (), pad_id: int = 0):
+                max_new_tokens: int, eos_ids: tuple[int, ...] = (), pad_id: int = 0,
+                prompt_embed_fn=None):
     """Prefill and a scan of greedy steps over a model given as three functions, so that the plain
     decoder and the population passes (which merge or route layers on the fly) share one loop.
 
     embed_fn(tokens [..., B, S]) -> h [..., B, S, D]; layers_fn(h, ctx, caches, cache_index) ->
     (h, caches); unembed_fn(h) -> logits [..., B, S, V]. Leading axes (a population) pass through;
     the prompts, positions and masks are shared by all of them. Returns new tokens [..., B, new].
+    `prompt_embed_fn` (default embed_fn) embeds the prompt: a vision-language model splices its
+    image features there (`model.splice_embeds`).
     """
     b, s = tokens_bs.shape
     key_valid = jnp.concatenate([mask_bs.astype(jnp.int32),
@@ -49,7 +53,7 @@ def greedy_loop(embed_fn, layers_fn, unembed_fn, caches, tokens_bs, mask_bs, spe
     positions = positions_from_mask(mask_bs)
     index = jnp.broadcast_to(jnp.arange(s), (b, s))
     ctx = make_context(spec, positions, key_valid, index)
-    h, caches = layers_fn(embed_fn(tokens_bs), ctx, caches, 0)
+    h, caches = layers_fn((prompt_embed_fn or embed_fn)(tokens_bs), ctx, caches, 0)
     logits = unembed_fn(h[..., -1:, :])[..., 0, :]
     first, done = _next_token(logits, jnp.zeros(logits.shape[:-1], bool), eos_ids, pad_id)
     last_pos = positions[:, -1]
@@ -68,8 +72,10 @@ def greedy_loop(embed_fn, layers_fn, unembed_fn, caches, tokens_bs, mask_bs, spe
 
 @partial(jax.jit, static_argnames=("spec", "max_new_tokens", "eos_ids", "pad_id"))
 def greedy_generate(params, spec: ModelSpec, tokens_bs, mask_bs, *, max_new_tokens: int,
-                    eos_ids: tuple[int, ...] = (), pad_id: int = 0):
-    """New tokens [B, max_new_tokens]; after a row emits an EOS id it continues with `pad_id`."""
+                    eos_ids: tuple[int, ...] = (), pad_id: int = 0, image_embeds=None,
+                    image_mask=None):
+    """New tokens [B, max_new_tokens]; after a row emits an EOS id it continues with `pad_id`.
+    `image_embeds` [B, S, D] and `image_mask` [B, S] (vlm.features): spliced into the prompt."""
     b, s = tokens_bs.shape
     dtype = params["embed"].dtype
     cache_shape = (spec.num_layers, b, s + max_new_tokens, spec.num_kv_heads, spec.head_dim)
@@ -79,7 +85,8 @@ def greedy_generate(params, spec: ModelSpec, tokens_bs, mask_bs, *, max_new_toke
         lambda h, ctx, c, i: _run_layers(params, spec, h, ctx, c, i),
         lambda h: unembed(params, spec, h),
         caches, tokens_bs, mask_bs, spec, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-        pad_id=pad_id)
+        pad_id=pad_id, prompt_embed_fn=None if image_embeds is None else (
+            lambda t: splice_embeds(embed(params, spec, t), image_embeds, image_mask)))
 
 
 def normalize_eos(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:

@@ -201,19 +201,33 @@ def sliding_flags(spec: ModelSpec) -> jax.Array:
     return jnp.asarray(np.array(spec.sliding_layers, dtype=bool))
 
 
-def hidden_states(params: dict, spec: ModelSpec, tokens_bs, mask_bs) -> jax.Array:
-    """Embeddings through every layer (lax.scan over the stacked axis); before the final norm."""
+def splice_embeds(text_embeds_bsd: jax.Array, image_embeds_bsd: jax.Array,
+                  image_mask_bs: jax.Array) -> jax.Array:
+    """A vision-language model's input embeddings: the image features where the mask is set (the
+    image-token positions), the token embeddings elsewhere, in the token embeddings' dtype."""
+    return jnp.where(image_mask_bs[..., None], image_embeds_bsd.astype(text_embeds_bsd.dtype),
+                     text_embeds_bsd)
+
+
+def hidden_states_from_embeds(params: dict, spec: ModelSpec, h_bsd: jax.Array,
+                              mask_bs) -> jax.Array:
+    """Input embeddings [B, S, D] through every layer (lax.scan over the stacked axis); before the
+    final norm."""
     positions = positions_from_mask(mask_bs)
-    index = jnp.broadcast_to(jnp.arange(tokens_bs.shape[1]), tokens_bs.shape)
+    index = jnp.broadcast_to(jnp.arange(h_bsd.shape[1]), h_bsd.shape[:2])
     ctx = make_context(spec, positions, mask_bs, index)
 
     def step(h, layer):
         lp, is_sliding = layer
         return decoder_layer(lp, spec, h, ctx, is_sliding)[0], None
 
-    h, _ = jax.lax.scan(step, embed(params, spec, tokens_bs),
-                        (params["layers"], sliding_flags(spec)))
+    h, _ = jax.lax.scan(step, h_bsd, (params["layers"], sliding_flags(spec)))
     return h
+
+
+def hidden_states(params: dict, spec: ModelSpec, tokens_bs, mask_bs) -> jax.Array:
+    """Token embeddings through every layer; before the final norm."""
+    return hidden_states_from_embeds(params, spec, embed(params, spec, tokens_bs), mask_bs)
 
 
 def forward(params: dict, spec: ModelSpec, tokens_bs, mask_bs) -> jax.Array:
