@@ -11,15 +11,16 @@ import pytest
 import torch
 import transformers
 import yaml
+from rouge_score import rouge_scorer, tokenizers
 
 from evolve_world import write_jsonl
 from evomerge_jax.checkpoint import load, save
 from evomerge_jax.evolve.config import load_config
-from evomerge_jax.evolve.evaluate import Evaluator, combine
+from evomerge_jax.evolve.evaluate import Evaluator
 from evomerge_jax.evolve.metrics import images_of
+from evomerge_jax.parallel.mesh import first_device_mesh
 from evomerge_jax.parallel.seeds import candidate_keys
 from evomerge_jax.searches.run import evolve, prepare
-from evomerge_jax.searches.stage import score_model
 from vlm_models import build_vlm, random_image
 
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -79,37 +80,40 @@ def _config(world, path, search="ps"):
            "models": [str(world["text"]), str(world["vlm"])],
            "merge": {"method": "task_arithmetic", "evolve": ["weight"]},
            "strategy": {"population_size": 4, "generations": 2, "seed": 0},
-           "tasks": tasks, "output_dir": str(path.parent / "run"), "baselines": False}
+           "tasks": tasks, "output_dir": str(path.parent / "run"), "baselines": False,
+           "compute": {"chunk_size": 1}}  # P = 1 programs only: one compile per search
     if search == "dfs":  # A = the VLM (its language tower), B = the text LM
         cfg.pop("merge")
-        cfg.update(models=[str(world["vlm"]), str(world["text"])], dfs={"repeats": 1})
+        cfg.update(models=[str(world["vlm"]), str(world["text"])], dfs={"repeats": 2})
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def _llava_logits(model_dir, batch, pixel_values):
-    model = transformers.LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(batch["tokens"], dtype=torch.long),
-                    attention_mask=torch.tensor(batch["mask"], dtype=torch.long),
-                    pixel_values=torch.tensor(pixel_values))
-    return out.logits.numpy()
+def _llava(model_dir):
+    return transformers.LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
 
 
-def test_pass_logits_and_score_equal_the_exported_llava(vlm_world, tmp_path):
-    """Two PS candidates (the VLM dir itself is the base and a source: its language tower): the
-    pass's logits on a batch mixing image and text rows equal transformers' LLaVA built from
-    each candidate's exported dir, and so does the in-pass score (NLL of the targets)."""
+def _words(tokenizer, ids, eos):
+    ids = list(ids)
+    return tokenizer.decode(ids[:ids.index(eos)] if eos in ids else ids,
+                            skip_special_tokens=True).strip()
+
+
+def test_pass_equals_transformers_on_the_exported_llava(vlm_world, tmp_path):
+    """Two PS candidates (the VLM dir itself is the base and a source: its language tower), on
+    batches mixing image and text rows: the pass's logits equal transformers' LLaVA loaded from
+    each candidate's exported dir, its NLL score equals that model's, and its ROUGE-L equals
+    transformers' greedy answers scored by rouge-score."""
     import jax
 
     cfg = load_config(_config(vlm_world, tmp_path / "cfg.yml"))
     search, tasks, tokenizer, _ = prepare(cfg)
     search.load()
-    evaluator = Evaluator(search.model, search.weights, tasks[:1], tokenizer,
-                          vision=search.vision)
-    rows = np.arange(6)
-    host, device = evaluator._assemble("fitness", [rows])
-    teacher = device["teacher"]
+    evaluator = Evaluator(search.model, search.weights, tasks, tokenizer, vision=search.vision,
+                          chunk_size=1)
+    rows = [np.arange(6)] * 2
+    host, device = evaluator._assemble("fitness", rows)
+    teacher, prompts = device["teacher"], device["generate"][0]
     assert teacher["image_mask"].any() and not teacher["image_mask"].all(axis=1).any()
     genomes = np.random.default_rng(5).uniform(0.1, 0.9, (2, search.num_dims)).astype(
         np.float32)
@@ -123,46 +127,74 @@ def test_pass_logits_and_score_equal_the_exported_llava(vlm_world, tmp_path):
         return model.head_map(weights, cand, h, lambda x: x)
 
     got = np.asarray(logits(search.weights, genomes, keys, teacher))
-    has = host[0]["has_image"]
-    pixels = host[0]["pixel_values"][has]
+    pixels = torch.tensor(host[0]["pixel_values"][host[0]["has_image"]])
+    eos = tokenizer.eos_token_id
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Whitespace())
+    answers = tasks[1].splits["fitness"].answers
     for c in range(2):
         out = search.export(genomes[c], keys[c], tmp_path / f"cand{c}")
         assert json.loads((out / "config.json").read_text())["architectures"] == [
             "LlavaForConditionalGeneration"]
-        want = _llava_logits(out, teacher, pixels)
+        llava = _llava(out)
+        with torch.no_grad():
+            want = llava(input_ids=torch.tensor(teacher["tokens"], dtype=torch.long),
+                         attention_mask=torch.tensor(teacher["mask"], dtype=torch.long),
+                         pixel_values=pixels).logits.numpy()
+            new = llava.generate(input_ids=torch.tensor(prompts["tokens"], dtype=torch.long),
+                                 attention_mask=torch.tensor(prompts["mask"], dtype=torch.long),
+                                 pixel_values=pixels, max_new_tokens=3, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=eos)
         valid = teacher["mask"].astype(bool)
         np.testing.assert_allclose(got[c][valid], want[valid], atol=1e-4, rtol=1e-4)
-        # the in-pass score (-mean NLL of the targets) equals transformers' on the same rows
-        score = evaluator.fitness_scores(genomes[c:c + 1], keys[c:c + 1], [rows])
+        score = evaluator.fitness_scores(genomes[c:c + 1], keys[c:c + 1], rows)
         logp = torch.log_softmax(torch.tensor(want), -1).numpy()
         token = np.take_along_axis(logp, teacher["labels"][..., None], -1)[..., 0]
         nll = -token[teacher["scored"]].sum() / teacher["scored"].sum()
         assert score["vqa_nll"]["score"][0] == pytest.approx(-nll, rel=1e-4)
+        width = prompts["tokens"].shape[1]
+        rouge = [scorer.score(answers[i], _words(tokenizer, new[i, width:].tolist(), eos))[
+            "rougeL"].fmeasure for i in range(6)]
+        assert score["vqa"]["rouge_l"][0] == pytest.approx(100 * np.mean(rouge), abs=1e-9)
+
+
+class _Whitespace(tokenizers.Tokenizer):
+    def tokenize(self, text):
+        return text.split()
 
 
 @pytest.mark.parametrize("search", ["ps", "dfs"])
 def test_short_runs_log_and_export_a_llava_dir(vlm_world, tmp_path, search):
     """A short PS and DFS run on image questions (perplexity + generate with ROUGE-L) complete,
-    log every generation, and export a LLaVA dir whose own score equals the run's."""
-    path = _config(vlm_world, tmp_path / "cfg.yml", search)
-    results = evolve(path, **QUIET)
+    log every generation and export their best as a LLaVA dir; DFS's language tower there is the
+    path folded as for a text model."""
+    results = evolve(_config(vlm_world, tmp_path / "cfg.yml", search), **QUIET)
     run = tmp_path / "run"
     lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [x["generation"] for x in lines] == [0, 1]
     assert all(np.isfinite(x["fitness"]["best"]) for x in lines)
+    assert {"vqa_nll", "vqa"} <= set(results["scores"]["evolved"]["test"])
     assert "rouge_l" in lines[0]["tasks"]["vqa"]
-    best = run / "best"
-    assert json.loads((best / "config.json").read_text())["architectures"] == [
+    best = load(run / "best")  # a LLaVA dir: vision tower and projector as the VLM's
+    assert json.loads((run / "best" / "config.json").read_text())["architectures"] == [
         "LlavaForConditionalGeneration"]
-    cfg = load_config(path)
-    _, tasks, tokenizer, _ = prepare(cfg)
-    from evomerge_jax.evolve.vision import vision_for
+    vlm = load(vlm_world["vlm"])
+    for part in ("vision", "projector"):
+        for a, b in zip(jax_leaves(best.params[part]), jax_leaves(vlm.params[part])):
+            np.testing.assert_array_equal(a, b)
+    if search == "dfs":
+        from evomerge_jax.dfs.export import fold_path
+        from evomerge_jax.dfs.path import decode_path
+        from evomerge_jax.dfs.search import dfs_search_for
 
-    again = score_model(best, tasks, tokenizer, ("validation",), vision=vision_for(cfg))
-    inside = results["scores"]["evolved"]["validation"]
-    for task in ("vqa_nll", "vqa"):
-        assert again["validation"][task]["score"] == pytest.approx(inside[task]["score"],
-                                                                   rel=1e-4, abs=1e-4)
-    assert np.isclose(float(combine(tasks, {t: {"score": [again["validation"][t]["score"]]}
-                                            for t in ("vqa_nll", "vqa")})[0]),
-                      results["best"]["validation_score"], rtol=1e-4, atol=1e-4)
+        dfs = dfs_search_for(load_config(run / "config.yml"))
+        stack = dfs._read_stack(first_device_mesh())
+        folded = fold_path(stack, decode_path(dfs.path_spec, np.asarray(
+            json.loads((run / "best.json").read_text())["genome"], np.float32)))
+        for a, b in zip(jax_leaves(best.params["language"]), jax_leaves(folded.params)):
+            np.testing.assert_array_equal(a, b)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]

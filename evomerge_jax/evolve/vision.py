@@ -108,10 +108,12 @@ def export_as_vlm(vision: Vision, write_text, out_dir: Path, *, overwrite: bool)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.text-") as tmp:
-        text_dir = write_text(Path(tmp) / "language_model", False)
+        text_dir = Path(write_text(Path(tmp) / "language_model", False))
         text = load(text_dir)
-        written = write_vlm_dir(vision.path, text.params, text.spec, out_dir, overwrite=overwrite)
-        for extra in ("recipe.yaml", "path.json", "path.png"):  # the search's own notes
-            if (Path(text_dir) / extra).is_file():
-                shutil.copyfile(Path(text_dir) / extra, Path(written) / extra)
-    return Path(written)
+        notes = {name: (text_dir / name).read_text() for name in ("recipe.yaml", "path.json")
+                 if (text_dir / name).is_file()}  # the search's own notes, kept beside
+        written = Path(write_vlm_dir(vision.path, text.params, text.spec, out_dir,
+                                     overwrite=overwrite, extra_files=notes))
+        if (text_dir / "path.png").is_file():  # DFS's picture of the path (binary)
+            shutil.copyfile(text_dir / "path.png", written / "path.png")
+    return written
