@@ -163,6 +163,13 @@ class TensorReader:
             raise CheckpointError(f"{self.root}: " + "; ".join(problems))
 
 
+def open_reader(path: str | Path, need_spec: bool = True) -> TensorReader:
+    """The reader of a text-LM dir, or of a LLaVA dir's language tower under text-LM names (so a
+    VLM is a source wherever a text model is: merges, searches)."""
+    from .vlm.checkpoint import is_vlm_dir, language_reader  # the vlm package builds on us
+    return language_reader(path) if is_vlm_dir(path) else TensorReader(path, need_spec)
+
+
 def load(path: str | Path, dtype: str | None = None):
     """Load an HF model dir. `dtype` (float32, float16, bfloat16) casts; None keeps the file's.
     A LLaVA / LLaVA-NeXT dir gives a `vlm.VlmCheckpoint` (its language tower is a `Checkpoint`'s

@@ -18,11 +18,18 @@ from .merge.run import run_plan
 from .parallel import distributed as dist
 from .searches.plan import plan_stages, plan_table
 from .searches.run import eval_model, evolve, export_run
+from .vlm.extract import extract_language_model
 
 
 def _cmd_info(args) -> int:
     for key, value in model_info(args.model_dir).items():
         print(f"{key:<14} {value}")
+    return 0
+
+
+def _cmd_extract_lm(args) -> int:
+    out = extract_language_model(args.vlm_dir, args.out_dir, overwrite=args.overwrite)
+    print(f"wrote {out}: the language model of {args.vlm_dir}")
     return 0
 
 
@@ -111,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a Hugging Face model dir without loading it")
     info.add_argument("model_dir", type=Path)
     info.set_defaults(func=_cmd_info)
+    extract = sub.add_parser(
+        "extract-lm", help="write a LLaVA dir's language model as a plain text-LM dir")
+    extract.add_argument("vlm_dir", type=Path, metavar="VLM_DIR")
+    extract.add_argument("out_dir", type=Path, metavar="OUT")
+    extract.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    extract.set_defaults(func=_cmd_extract_lm)
     evolve = sub.add_parser("evolve", help="search merge parameters with an evosax strategy")
     evolve.add_argument("config", type=Path, help="evolve config (YAML)")
     evolve.add_argument("--resume", action="store_true", help="continue the run in output_dir")

@@ -6,10 +6,18 @@ import math
 from pathlib import Path
 
 from .checkpoint import TOKENIZER_FILES, TensorReader
+from .vlm.checkpoint import is_vlm_dir
+from .vlm.info import vlm_info
 
 
 def model_info(path: str | Path) -> dict[str, object]:
-    reader = TensorReader(path)
+    """A text LM's description; a LLaVA dir's describes both towers (vlm/info.py)."""
+    if is_vlm_dir(path):
+        return vlm_info(path, reader_info)
+    return reader_info(TensorReader(path))
+
+
+def reader_info(reader: TensorReader) -> dict[str, object]:
     reader.check()
     spec = reader.spec
     names = [n for n in reader.names() if not (n == "lm_head.weight" and spec.tie_word_embeddings)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 from evomerge_jax.arch import IGNORED_SUFFIXES, ModelSpec, global_hf_name, layer_hf_name
-from evomerge_jax.checkpoint import TensorReader
+from evomerge_jax.checkpoint import TensorReader, open_reader
 from evomerge_jax.errors import CheckpointError
 
 # `<prefix><i>.<rest>`: the first dotted component that is a number is the layer index.
@@ -114,7 +114,7 @@ def _from_names(reader: TensorReader, architecture: str) -> Layout:
 
 def read_layout(path: str | Path) -> Layout:
     """A model dir's layout (headers only). Raises `CheckpointError` naming the dir."""
-    reader = TensorReader(path, need_spec=False)
+    reader = open_reader(path, need_spec=False)
     archs = reader.config.get("architectures") or []
     if reader.spec is not None:
         reader.check()

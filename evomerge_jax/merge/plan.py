@@ -24,6 +24,7 @@ from evomerge_jax.merge.config import MergeConfig, evaluate, parse_config
 from evomerge_jax.merge.layout import Layout
 from evomerge_jax.merge.methods import REQUIRED, MergeMethod, get_method
 from evomerge_jax.merge.sources import Models, Slice, model_key, read_slices, tokenizer_dir
+from evomerge_jax.vlm.checkpoint import is_vlm_dir
 
 # Options a caller computes (arrays), never written in a YAML file.
 _INTERNAL_OPTIONS = frozenset({"magnitude_tables_kn"})
@@ -65,6 +66,8 @@ class MergePlan:
                                    # each tensor's inputs promoted, as torch promotes them)
     ops: tuple[TensorOp, ...]
     warnings: tuple[str, ...] = ()  # one line per ignored parameter
+    vision_dir: Path | None = None  # a LLaVA source (the base, else the first): the output is a
+                                    # LLaVA dir with its vision tower and projector
 
 
 def _ignored_params(cfg: MergeConfig, method: MergeMethod, where: str) -> tuple[str, ...]:
@@ -200,7 +203,8 @@ def plan_from_text(text: str, where: str = "merge config") -> MergePlan:
         hf_config=layout.config, models=tuple(models.readers),
         ops=_ops(cfg, method, slices, layout, where),
         tokenizer_dir=tokenizer_dir(cfg, config_dir, layout.vocab_size, where),
-        read_dtype=cfg.dtype, out_dtype=cfg.out_dtype, warnings=warnings)
+        read_dtype=cfg.dtype, out_dtype=cfg.out_dtype, warnings=warnings,
+        vision_dir=next((p for p in (config_dir, *models.readers) if is_vlm_dir(p)), None))
 
 
 def load_plan(path: str | Path) -> MergePlan:

@@ -25,7 +25,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from evomerge_jax.checkpoint import DTYPES, TensorReader, output_config, write_hf_dir
+from evomerge_jax.checkpoint import (DTYPES, TensorReader, open_reader, output_config,
+                                     write_hf_dir)
 from evomerge_jax.fileio import DEFAULT_SHARD_SIZE, parse_size
 from evomerge_jax.merge import layout
 from evomerge_jax.merge.methods import merge_tensor
@@ -34,6 +35,7 @@ from evomerge_jax.merge.sparsify import keep_count
 from evomerge_jax.merge.task_arithmetic import PRESETS
 from evomerge_jax.parallel.seeds import merge_tensor_key
 from evomerge_jax.parallel.xla_options import merge_jit
+from evomerge_jax.vlm.export import write_vlm_streaming
 
 # Tensors this large merge as one compiled program (fused: ~2x faster than op by op on CPU, and
 # worth a compilation even when used once). Smaller ones do too when other tensors of the plan
@@ -136,7 +138,7 @@ def merge_op(plan: MergePlan, op: TensorOp, seed: int, shared: bool = False) -> 
     the model files are opened for this tensor and closed after it, so that their mapped pages
     do not pile up in memory over the run."""
     refs = ([op.base] if op.base else []) + list(op.sources)
-    readers = {ref.model: TensorReader(ref.model, need_spec=False) for ref in refs}
+    readers = {ref.model: open_reader(ref.model, need_spec=False) for ref in refs}
     working = _working_dtype(plan, readers, refs)
     base = None if op.base is None else np.asarray(_read(readers, working, op.base), np.float32)
     shape = readers[refs[0].model].shape(refs[0].tensor)
@@ -182,6 +184,10 @@ def run_plan(plan: MergePlan, out_dir: str | Path, *, seed: int = 0,
                 yield op.name, merged
                 advance(op.name)
 
+        if plan.vision_dir is not None:  # the merged language tower in the LLaVA's place
+            return write_vlm_streaming(plan.vision_dir, tensors(), config, out_dir,
+                                       overwrite=overwrite, shard_size=shard_size,
+                                       extra_files={"mergekit_config.yml": plan.text})
         return write_hf_dir(out_dir, tensors(), config, tokenizer_from=plan.tokenizer_dir,
                             overwrite=overwrite, shard_size=shard_size,
                             extra_files={"mergekit_config.yml": plan.text})
