@@ -1,8 +1,8 @@
 """EvoVLM (issue 15): evolving a tiny random LLaVA's language tower with a text LM, vision frozen.
 
-Oracles: transformers' LlavaForConditionalGeneration on the exported LLaVA dir of each candidate
-(its logits equal the population pass's on an image batch, and its NLL gives the in-pass score),
-and for the runs, the exported best scored again from its dir."""
+Oracles: transformers' LlavaForConditionalGeneration loaded from each candidate's exported LLaVA
+dir (its logits, NLL and greedy answers scored by rouge-score equal the population pass's on
+batches mixing image and text rows), and for DFS the path folded as for a text model."""
 
 import json
 
@@ -21,6 +21,7 @@ from evomerge_jax.evolve.metrics import images_of
 from evomerge_jax.parallel.mesh import first_device_mesh
 from evomerge_jax.parallel.seeds import candidate_keys
 from evomerge_jax.searches.run import evolve, prepare
+from evomerge_jax.searches.stage import evolve_stage
 from vlm_models import build_vlm, random_image
 
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -82,15 +83,12 @@ def _config(world, path, search="ps"):
            "strategy": {"population_size": 4, "generations": 2, "seed": 0},
            "tasks": tasks, "output_dir": str(path.parent / "run"), "baselines": False,
            "compute": {"chunk_size": 1}}  # P = 1 programs only: one compile per search
-    if search == "dfs":  # A = the VLM (its language tower), B = the text LM
-        cfg.pop("merge")
-        cfg.update(models=[str(world["vlm"]), str(world["text"])], dfs={"repeats": 2})
+    if search == "dfs":  # A = the VLM (its language tower), B = the text LM; teacher-forced
+        cfg.pop("merge")  # task only (the generate path with images: the PS test)
+        cfg.update(models=[str(world["vlm"]), str(world["text"])], dfs={"repeats": 2},
+                   tasks=tasks[:1])
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
-
-
-def _llava(model_dir):
-    return transformers.LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
 
 
 def _words(tokenizer, ids, eos):
@@ -99,25 +97,31 @@ def _words(tokenizer, ids, eos):
                             skip_special_tokens=True).strip()
 
 
-def test_pass_equals_transformers_on_the_exported_llava(vlm_world, tmp_path):
-    """Two PS candidates (the VLM dir itself is the base and a source: its language tower), on
-    batches mixing image and text rows: the pass's logits equal transformers' LLaVA loaded from
-    each candidate's exported dir, its NLL score equals that model's, and its ROUGE-L equals
-    transformers' greedy answers scored by rouge-score."""
+def test_ps_run_and_its_pass_equal_transformers_on_the_exported_llava(vlm_world, tmp_path):
+    """A short PS run on image questions (perplexity + generate with ROUGE-L; the VLM dir itself
+    is the base and a source: its language tower) logs every generation and exports its best as
+    a LLaVA dir. Then for two candidates (the best, a random one), on batches mixing image and
+    text rows: the pass's logits equal transformers' LLaVA loaded from the candidate's exported
+    dir, the pass's NLL score equals that model's, and its ROUGE-L equals that model's greedy
+    answers scored by rouge-score."""
     import jax
 
     cfg = load_config(_config(vlm_world, tmp_path / "cfg.yml"))
-    search, tasks, tokenizer, _ = prepare(cfg)
-    search.load()
+    prepared = prepare(cfg)
+    results = evolve_stage(cfg, lambda *_: prepared, **QUIET)
+    _check_run(tmp_path / "run", results)
+    search, tasks, tokenizer, _ = prepared  # its weights loaded by the run
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    genomes = np.stack([np.asarray(best["genome"], np.float32),
+                        np.random.default_rng(5).uniform(0.1, 0.9, search.num_dims)]).astype(
+        np.float32)
+    keys = np.stack([np.asarray(best["key"], np.uint32), candidate_keys(0, 9, [0])[0]])
     evaluator = Evaluator(search.model, search.weights, tasks, tokenizer, vision=search.vision,
                           chunk_size=1)
     rows = [np.arange(6)] * 2
     host, device = evaluator._assemble("fitness", rows)
     teacher, prompts = device["teacher"], device["generate"][0]
     assert teacher["image_mask"].any() and not teacher["image_mask"].all(axis=1).any()
-    genomes = np.random.default_rng(5).uniform(0.1, 0.9, (2, search.num_dims)).astype(
-        np.float32)
-    keys = candidate_keys(0, 0, range(2))
     model = search.model
 
     @jax.jit
@@ -132,10 +136,9 @@ def test_pass_equals_transformers_on_the_exported_llava(vlm_world, tmp_path):
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Whitespace())
     answers = tasks[1].splits["fitness"].answers
     for c in range(2):
-        out = search.export(genomes[c], keys[c], tmp_path / f"cand{c}")
-        assert json.loads((out / "config.json").read_text())["architectures"] == [
-            "LlavaForConditionalGeneration"]
-        llava = _llava(out)
+        out = tmp_path / "run" / "best" if c == 0 else search.export(
+            genomes[c], keys[c], tmp_path / f"cand{c}")
+        llava = transformers.LlavaForConditionalGeneration.from_pretrained(out).eval()
         with torch.no_grad():
             want = llava(input_ids=torch.tensor(teacher["tokens"], dtype=torch.long),
                          attention_mask=torch.tensor(teacher["mask"], dtype=torch.long),
@@ -157,41 +160,44 @@ def test_pass_equals_transformers_on_the_exported_llava(vlm_world, tmp_path):
         assert score["vqa"]["rouge_l"][0] == pytest.approx(100 * np.mean(rouge), abs=1e-9)
 
 
+def _check_run(run, results):
+    """Every generation logged with finite fitness; the best exported as a LLaVA dir whose
+    vision tower and projector are the VLM's."""
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [x["generation"] for x in lines] == [0, 1]
+    assert all(np.isfinite(x["fitness"]["best"]) for x in lines)
+    assert set(lines[0]["tasks"]) == set(results["scores"]["evolved"]["test"])
+    assert json.loads((run / "best" / "config.json").read_text())["architectures"] == [
+        "LlavaForConditionalGeneration"]
+
+
 class _Whitespace(tokenizers.Tokenizer):
     def tokenize(self, text):
         return text.split()
 
 
-@pytest.mark.parametrize("search", ["ps", "dfs"])
-def test_short_runs_log_and_export_a_llava_dir(vlm_world, tmp_path, search):
-    """A short PS and DFS run on image questions (perplexity + generate with ROUGE-L) complete,
-    log every generation and export their best as a LLaVA dir; DFS's language tower there is the
-    path folded as for a text model."""
-    results = evolve(_config(vlm_world, tmp_path / "cfg.yml", search), **QUIET)
+def test_dfs_run_exports_the_folded_path_in_a_llava_dir(vlm_world, tmp_path):
+    """A short DFS run (A: the VLM's language tower, B: the text LM) on image questions logs and
+    exports a LLaVA dir: the VLM's vision tower and projector, and as language tower the best
+    path folded as for a text model (scales in the weights)."""
+    from evomerge_jax.dfs.export import fold_path
+    from evomerge_jax.dfs.path import decode_path
+    from evomerge_jax.dfs.search import dfs_search_for
+
+    path = _config(vlm_world, tmp_path / "cfg.yml", "dfs")
+    results = evolve(path, **QUIET)
     run = tmp_path / "run"
-    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
-    assert [x["generation"] for x in lines] == [0, 1]
-    assert all(np.isfinite(x["fitness"]["best"]) for x in lines)
-    assert {"vqa_nll", "vqa"} <= set(results["scores"]["evolved"]["test"])
-    assert "rouge_l" in lines[0]["tasks"]["vqa"]
-    best = load(run / "best")  # a LLaVA dir: vision tower and projector as the VLM's
-    assert json.loads((run / "best" / "config.json").read_text())["architectures"] == [
-        "LlavaForConditionalGeneration"]
-    vlm = load(vlm_world["vlm"])
+    _check_run(run, results)
+    best, vlm = load(run / "best"), load(vlm_world["vlm"])
     for part in ("vision", "projector"):
         for a, b in zip(jax_leaves(best.params[part]), jax_leaves(vlm.params[part])):
             np.testing.assert_array_equal(a, b)
-    if search == "dfs":
-        from evomerge_jax.dfs.export import fold_path
-        from evomerge_jax.dfs.path import decode_path
-        from evomerge_jax.dfs.search import dfs_search_for
-
-        dfs = dfs_search_for(load_config(run / "config.yml"))
-        stack = dfs._read_stack(first_device_mesh())
-        folded = fold_path(stack, decode_path(dfs.path_spec, np.asarray(
-            json.loads((run / "best.json").read_text())["genome"], np.float32)))
-        for a, b in zip(jax_leaves(best.params["language"]), jax_leaves(folded.params)):
-            np.testing.assert_array_equal(a, b)
+    dfs = dfs_search_for(load_config(run / "config.yml"))
+    genome = np.asarray(json.loads((run / "best.json").read_text())["genome"], np.float32)
+    folded = fold_path(dfs._read_stack(first_device_mesh()), decode_path(dfs.path_spec, genome))
+    assert best.spec.text == folded.spec
+    for a, b in zip(jax_leaves(best.params["language"]), jax_leaves(folded.params)):
+        np.testing.assert_array_equal(a, b)
 
 
 def jax_leaves(tree):

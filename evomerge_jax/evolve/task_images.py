@@ -26,8 +26,9 @@ class ImageInputs(Protocol):
     image_token_id: int
     image_token: str
 
-    def pixels(self, image) -> tuple[np.ndarray, tuple[int, int], int]:
-        """(pixel_values of one image, its (height, width), number of feature tokens)."""
+    def pixels(self, path: Path, where: str) -> tuple[np.ndarray, tuple[int, int], int]:
+        """(pixel_values of the image file, its (height, width), number of feature tokens);
+        `where` names the record in errors (`open_image`)."""
 
 
 def image_path(record: dict, jsonl: Path, where: str) -> Path | None:
@@ -66,7 +67,7 @@ def expand_prompt(encoded: Encoded, path: Path, images: ImageInputs | None, wher
         raise TaskError(f"{where}: a record with an image needs its prompt to hold the image "
                         f"token {images.image_token!r} exactly once (found {len(at)}); put it in "
                         "the task's prompt template")
-    pixels, size, count = images.pixels(open_image(path, where))
+    pixels, size, count = images.pixels(path, where)
     prompt = encoded.prompt[:at[0]] + [images.image_token_id] * count + encoded.prompt[at[0] + 1:]
     return Encoded(prompt, encoded.target, encoded.answer, encoded.label), (pixels, size)
 

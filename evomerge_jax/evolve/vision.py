@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from ..errors import ConfigError
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _image_embeds_jit(vision, projector, spec, tokens_bs, pixels):
+    from ..vlm.features import image_embeds
+
+    return image_embeds(vision, projector, spec, tokens_bs, pixels)
 
 
 class Vision:
@@ -37,18 +45,24 @@ class Vision:
         self.image_token = getattr(self.processor, "image_token", "<image>")
         self.image_token_id = int(self.spec.image_token_id)
         self._weights = None
+        self._pixels = {}  # image file -> pixels(): tasks often share images
 
     # ---- task_images.ImageInputs ---------------------------------------------------------
-    def pixels(self, image):
-        """(pixel_values of one image, its (height, width), its number of image tokens), all by
-        the dir's own processor."""
+    def pixels(self, path: Path, where: str):
+        """(pixel_values of one image file, its (height, width), its number of image tokens),
+        all by the dir's own processor; an image used by several records is processed once."""
         from ..vlm.processor import encode
+        from .task_images import open_image
 
-        out = encode(self.path, [self.image_token], [image])
-        count = int(np.sum(out["input_ids"] == self.image_token_id))
-        size = (tuple(int(x) for x in out["image_sizes"][0]) if out["image_sizes"] is not None
-                else (image.height, image.width))
-        return out["pixel_values"][0], size, count
+        key = Path(path).resolve()
+        if key not in self._pixels:
+            image = open_image(key, where)
+            out = encode(self.path, [self.image_token], [image])
+            count = int(np.sum(out["input_ids"] == self.image_token_id))
+            size = (tuple(int(x) for x in out["image_sizes"][0])
+                    if out["image_sizes"] is not None else (image.height, image.width))
+            self._pixels[key] = (out["pixel_values"][0], size, count)
+        return self._pixels[key]
 
     # ---- the evaluator's hook ------------------------------------------------------------
     def weights(self):
@@ -69,9 +83,12 @@ class Vision:
 
         has = np.asarray(has_image, bool)
         vision, projector = self.weights()
-        sizes = np.asarray(image_sizes)[has] if self.spec.is_next else None
-        embeds, mask = image_embeds(vision, projector, self.spec, np.asarray(tokens_bs),
-                                    np.asarray(pixel_values)[has] if has.any() else None, sizes)
+        pixels = np.asarray(pixel_values)[has] if has.any() else None
+        if self.spec.is_next:  # any-res tiling: host-side shapes (vlm/features.py)
+            embeds, mask = image_embeds(vision, projector, self.spec, np.asarray(tokens_bs),
+                                        pixels, np.asarray(image_sizes)[has])
+        else:  # one compiled program per batch shape
+            embeds, mask = _image_embeds_jit(vision, projector, self.spec, tokens_bs, pixels)
         return np.asarray(embeds, np.float32), np.asarray(mask, bool)
 
     def check_language(self, spec, where: str) -> None:
