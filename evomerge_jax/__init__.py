@@ -2,16 +2,17 @@
 
 The public API, what the `evomerge` command does, as functions:
 
-- `load(model_dir)` -> `Checkpoint`; `save(ckpt, out_dir)`; `logits(ckpt, input_ids, mask)`;
-  `generate(ckpt, input_ids, max_new_tokens)`: HF checkpoints in JAX.
+- `load(model_dir)` -> `Checkpoint` (a LLaVA dir: `vlm.VlmCheckpoint`); `save(ckpt, out_dir)`;
+  `logits(ckpt, input_ids, mask)`; `generate(ckpt, input_ids, max_new_tokens)` (a VLM also takes
+  `pixel_values=`, `image_sizes=`): HF checkpoints in JAX.
 - `merge(config_path, out_dir)`: a mergekit YAML config merged into an HF dir (`evomerge merge`).
 - `load_evolve_config(config_path)` and `evolve(config_path)`: an evolve run (`evomerge evolve`).
 """
 
 from pathlib import Path
 
-from .api import generate, logits
-from .checkpoint import Checkpoint, load, save
+from .api import generate, load, logits
+from .checkpoint import Checkpoint, save
 from .errors import CheckpointError, ConfigError, EvomergeError, MergeError
 from .evolve.config import load_config as load_evolve_config
 from .fileio import DEFAULT_SHARD_SIZE

@@ -1,19 +1,27 @@
 """The public entry points over a `Checkpoint` (or a `vlm.VlmCheckpoint`, which also takes
-images): logits and greedy generation."""
+images): load, logits and greedy generation."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-from .checkpoint import Checkpoint
+from pathlib import Path
+
+from .checkpoint import Checkpoint, TensorReader, load_text
 from .errors import EvomergeError
 from .generation import check_inputs, generation_inputs, greedy_generate
 from .model import forward
-from .vlm.checkpoint import VlmCheckpoint
+from .vlm.checkpoint import VlmCheckpoint, is_vlm_dir, load_vlm
 from .vlm.forward import vlm_generate, vlm_logits
 
 _forward = jax.jit(forward, static_argnames=("spec",))
+
+
+def load(path: str | Path, dtype: str | None = None) -> Checkpoint | VlmCheckpoint:
+    """Load an HF model dir: a text LM gives a `Checkpoint`, a LLaVA / LLaVA-NeXT dir a
+    `vlm.VlmCheckpoint`. `dtype` (float32, float16, bfloat16) casts; None keeps the file's."""
+    return load_vlm(path, dtype) if is_vlm_dir(path) else load_text(TensorReader(path), dtype)
 
 
 def _text_only(ckpt, pixel_values, image_sizes) -> None:

@@ -163,20 +163,9 @@ class TensorReader:
             raise CheckpointError(f"{self.root}: " + "; ".join(problems))
 
 
-def open_reader(path: str | Path, need_spec: bool = True) -> TensorReader:
-    """The reader of a text-LM dir, or of a LLaVA dir's language tower under text-LM names (so a
-    VLM is a source wherever a text model is: merges, searches)."""
-    from .vlm.checkpoint import is_vlm_dir, language_reader  # the vlm package builds on us
-    return language_reader(path) if is_vlm_dir(path) else TensorReader(path, need_spec)
-
-
-def load(path: str | Path, dtype: str | None = None):
-    """Load an HF model dir. `dtype` (float32, float16, bfloat16) casts; None keeps the file's.
-    A LLaVA / LLaVA-NeXT dir gives a `vlm.VlmCheckpoint` (its language tower is a `Checkpoint`'s
-    params)."""
-    from .vlm.checkpoint import is_vlm_dir, load_vlm  # the vlm package builds on this module
-    if is_vlm_dir(path):
-        return load_vlm(path, dtype)
+def load(path: str | Path, dtype: str | None = None) -> Checkpoint:
+    """Load a text-LM HF dir. `dtype` (float32, float16, bfloat16) casts; None keeps the file's.
+    (`evomerge_jax.load` also takes LLaVA dirs: api.load.)"""
     return load_text(TensorReader(path), dtype)
 
 

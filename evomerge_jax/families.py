@@ -80,6 +80,9 @@ SUPPORTED_ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "relu")
 _ROPE_KINDS = ("default", "linear", "llama3", "longrope")
 # Architectures users try that we recognise but do not run, with the reason.
 _KNOWN_UNSUPPORTED = {
+    **{arch: "a vision-language model: evomerge_jax.load gives its VlmCheckpoint; `evomerge "
+             "extract-lm` writes its language model as a text-LM dir" for arch in
+       ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration")},
     "Gemma3ForConditionalGeneration": "Gemma 3 with its vision tower is not supported; only the "
                                       "text model (Gemma3ForCausalLM, model_type gemma3_text)",
 }

@@ -24,8 +24,8 @@ VOCAB_SIZE = 97
 
 
 def vision_config(kind: str, image_size: int = 28, patch_size: int = 7, **overrides):
-    common = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
-                  image_size=image_size, patch_size=patch_size)
+    common = {"hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "image_size": image_size, "patch_size": patch_size}
     if kind == "clip":
         return transformers.CLIPVisionConfig(**common, projection_dim=16, **overrides)
     if kind == "siglip":
@@ -108,3 +108,39 @@ def build_vlm(path: Path, *, kind: str = "clip", next_: bool = False, family: st
 def random_image(width: int, height: int, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+# Shared test cases: name -> builder arguments. Both towers, feature layers (negative, positive,
+# a list) and select strategies (default drops CLS, full keeps every token). One text family and
+# one padded length (PAD_TO): the language tower compiles once for every case.
+CASES = {
+    "llava_clip_default": {"kind": "clip", "feature_layer": -2, "strategy": "default"},
+    "llava_siglip_full_list": {"kind": "siglip", "feature_layer": [-1, 0], "strategy": "full"},
+    "next_clip_default": {"kind": "clip", "next_": True, "feature_layer": -1,
+                          "strategy": "default"},
+    "next_siglip_full": {"kind": "siglip", "next_": True, "feature_layer": 1, "strategy": "full"},
+}
+# (width, height) per image: wide, tall, square, smaller than a tile; None: a text-only row.
+SIZES = [(40, 30), None, (20, 50), (28, 28), (13, 9)]
+PAD_TO = 80
+PROMPTS = ["USER: <image> What is in the image ? ASSISTANT:", "USER: What is the colour ?",
+           "<image> Describe the shape", "USER: <image> one two three", "<image> colour ?"]
+_BUILT: dict = {}
+
+
+def built_case(name: str, tmp_path_factory):
+    """A case built once per test session: (dir, torch model, our checkpoint, encoded inputs of
+    PROMPTS with images of SIZES)."""
+    if name not in _BUILT:
+        from evomerge_jax import load
+        from evomerge_jax.vlm.processor import encode
+
+        path = tmp_path_factory.mktemp(name)
+        model = build_vlm(path, seed=len(name), **CASES[name])
+        images = [None if s is None else random_image(*s, seed=i) for i, s in enumerate(SIZES)]
+        _BUILT[name] = (path, model, load(path), encode(path, PROMPTS, images, pad_to=PAD_TO))
+    return _BUILT[name]
+
+
+def torch_inputs(enc: dict) -> dict:
+    return {k: torch.as_tensor(v) for k, v in enc.items() if v is not None}

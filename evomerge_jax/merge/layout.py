@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Mapping
 
 from evomerge_jax.arch import IGNORED_SUFFIXES, ModelSpec, global_hf_name, layer_hf_name
-from evomerge_jax.checkpoint import TensorReader, open_reader
+from evomerge_jax.checkpoint import TensorReader
 from evomerge_jax.errors import CheckpointError
+from evomerge_jax.vlm.checkpoint import open_reader
 
 # `<prefix><i>.<rest>`: the first dotted component that is a number is the layer index.
 _LAYER_NAME = re.compile(r"^(?P<prefix>.+?\.)(?P<index>\d+)\.(?P<rest>.+)$")

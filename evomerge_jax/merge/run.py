@@ -25,8 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from evomerge_jax.checkpoint import (DTYPES, TensorReader, open_reader, output_config,
-                                     write_hf_dir)
+from evomerge_jax.checkpoint import DTYPES, TensorReader, output_config, write_hf_dir
 from evomerge_jax.fileio import DEFAULT_SHARD_SIZE, parse_size
 from evomerge_jax.merge import layout
 from evomerge_jax.merge.methods import merge_tensor
@@ -35,6 +34,7 @@ from evomerge_jax.merge.sparsify import keep_count
 from evomerge_jax.merge.task_arithmetic import PRESETS
 from evomerge_jax.parallel.seeds import merge_tensor_key
 from evomerge_jax.parallel.xla_options import merge_jit
+from evomerge_jax.vlm.checkpoint import open_reader
 from evomerge_jax.vlm.export import write_vlm_streaming
 
 # Tensors this large merge as one compiled program (fused: ~2x faster than op by op on CPU, and

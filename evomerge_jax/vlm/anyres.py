@@ -1,12 +1,12 @@
 """LLaVA-NeXT's any-resolution layout, host-side: which grid of tiles an image of a given size
 gets, and how the tiles' features are stitched back, unpadded and given a newline embedding per
-row. Shapes depend on each image's size, so this runs eagerly (one small op per image) between the
-jitted tower (all tiles at once) and the jitted decoder.
+row. Shapes depend on each image's size, so this runs on the host in numpy (pure data movement,
+exact) between the jitted tower (all tiles at once) and the jitted decoder.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+import numpy as np
 
 from .spec import VlmSpec
 
@@ -50,11 +50,22 @@ def unpadded_extent(size_hw, grid_hw: tuple[int, int]) -> tuple[slice, slice]:
     return slice(0, cur_h), slice(pad, cur_w - pad)
 
 
-def pack_image(spec: VlmSpec, tiles_ttd, size_hw, newline_d) -> jnp.ndarray:
+def num_features(spec: VlmSpec, size_hw) -> int:
+    """How many tokens `pack_image` gives an image of `size_hw` (what the processor expands its
+    placeholder to), from the sizes alone."""
+    rows, cols = tile_grid(spec, size_hw)
+    g = spec.vision.grid
+    row_slice, col_slice = unpadded_extent(size_hw, (rows * g, cols * g))
+    height = len(range(rows * g)[row_slice])
+    width = len(range(cols * g)[col_slice])
+    return spec.tokens_per_tile + height * (width + 1)
+
+
+def pack_image(spec: VlmSpec, tiles_ttd: np.ndarray, size_hw, newline_d) -> np.ndarray:
     """One image's features [tiles, T, D] -> its token sequence [n, D]: the base tile's tokens,
     then the stitched grid row by row (unpadded), each row closed by the newline embedding."""
     if tiles_ttd.shape[0] == 1:
-        return jnp.concatenate([tiles_ttd[0], newline_d[None].astype(tiles_ttd.dtype)], axis=0)
+        return np.concatenate([tiles_ttd[0], newline_d[None].astype(tiles_ttd.dtype)], axis=0)
     g = spec.vision.grid
     rows, cols = tile_grid(spec, size_hw)
     d = tiles_ttd.shape[-1]
@@ -62,6 +73,6 @@ def pack_image(spec: VlmSpec, tiles_ttd, size_hw, newline_d) -> jnp.ndarray:
     grid = grid.reshape(rows * g, cols * g, d)
     row_slice, col_slice = unpadded_extent(size_hw, (rows * g, cols * g))
     grid = grid[row_slice, col_slice]
-    newline = jnp.broadcast_to(newline_d.astype(grid.dtype), (grid.shape[0], 1, d))
-    grid = jnp.concatenate([grid, newline], axis=1).reshape(-1, d)
-    return jnp.concatenate([tiles_ttd[0], grid], axis=0)
+    newline = np.broadcast_to(newline_d.astype(grid.dtype), (grid.shape[0], 1, d))
+    grid = np.concatenate([grid, newline], axis=1).reshape(-1, d)
+    return np.concatenate([tiles_ttd[0], grid], axis=0)

@@ -129,6 +129,12 @@ def language_reader(path: str | Path) -> TensorReader:
     return reader
 
 
+def open_reader(path: str | Path, need_spec: bool = True) -> TensorReader:
+    """The reader of a text-LM dir, or of a LLaVA dir's language tower under text-LM names (so a
+    VLM is a source wherever a text model's tensors are read: `evomerge merge`)."""
+    return language_reader(path) if is_vlm_dir(path) else TensorReader(path, need_spec)
+
+
 def _read(raw: TensorReader, name: str, cast) -> jnp.ndarray:
     return jnp.asarray(raw.read(name, cast))
 

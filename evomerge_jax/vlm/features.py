@@ -39,6 +39,7 @@ def tile_features(vision_params: dict, projector_params: dict, spec: VlmSpec, pi
     return project(projector_params, spec, selected)
 
 
+@partial(jax.jit, static_argnames=("image_token_id",))
 def place_features(features_nd, input_ids_bs, image_token_id: int):
     """Rows of `features_nd` in order at the image-token positions (row-major over the batch, as
     transformers' masked_scatter puts them); zeros elsewhere. Returns (embeds [B, S, D], mask)."""
@@ -64,12 +65,12 @@ def _next_features(vision_params, projector_params, spec: VlmSpec, pixel_values,
     elif pixels.ndim != 4 or len(pixels) != sum(counts):
         raise EvomergeError(f"pixel_values of shape {pixels.shape} does not hold the "
                             f"{sum(counts)} tiles image_sizes call for")
-    feats = tile_features(vision_params, projector_params, spec, jnp.asarray(pixels))
-    starts = np.cumsum([0] + counts)
-    newline = projector_params["image_newline"]
+    feats = np.asarray(tile_features(vision_params, projector_params, spec, jnp.asarray(pixels)))
+    starts = np.cumsum([0, *counts])
+    newline = np.asarray(projector_params["image_newline"])
     packed = [anyres.pack_image(spec, feats[a:b], s, newline)
               for a, b, s in zip(starts[:-1], starts[1:], sizes)]
-    return jnp.concatenate(packed, axis=0)
+    return jnp.asarray(np.concatenate(packed, axis=0))
 
 
 def image_embeds(vision_params: dict, projector_params: dict, spec: VlmSpec, input_ids,
@@ -80,17 +81,22 @@ def image_embeds(vision_params: dict, projector_params: dict, spec: VlmSpec, inp
     LLaVA-1.5; [images, tiles, C, H, W] (or the tiles concatenated) with `image_sizes` [images, 2]
     (height, width) for LLaVA-NeXT. None: text only."""
     dim = spec.text.hidden_size
-    if pixel_values is None or np.shape(pixel_values)[0] == 0:
+    images = pixel_values is not None and np.shape(pixel_values)[0] > 0
+    if not isinstance(input_ids, jax.core.Tracer):  # checked before the tower runs
+        tokens = int(np.sum(np.asarray(input_ids) == spec.image_token_id))
+        expected = 0 if not images else (
+            sum(anyres.num_features(spec, s) for s in np.asarray(image_sizes).reshape(-1, 2))
+            if spec.is_next and image_sizes is not None
+            else np.shape(pixel_values)[0] * spec.tokens_per_tile)
+        if tokens != expected:
+            raise EvomergeError(f"input_ids hold {tokens} image tokens (id {spec.image_token_id}) "
+                                f"but the images give {expected} features; encode prompts and "
+                                "images with the model's processor (vlm/processor.py)")
+    if not images:
         features = jnp.zeros((0, dim), jnp.float32)
     elif spec.is_next:
         features = _next_features(vision_params, projector_params, spec, pixel_values, image_sizes)
     else:
         features = tile_features(vision_params, projector_params, spec,
                                  jnp.asarray(pixel_values)).reshape(-1, dim)
-    if not isinstance(input_ids, jax.core.Tracer):
-        tokens = int(np.sum(np.asarray(input_ids) == spec.image_token_id))
-        if tokens != features.shape[0]:
-            raise EvomergeError(f"input_ids hold {tokens} image tokens (id {spec.image_token_id}) "
-                                f"but the images give {features.shape[0]} features; encode "
-                                "prompts and images with the model's processor")
     return place_features(features, input_ids, spec.image_token_id)

@@ -35,10 +35,12 @@ def _load_processor(vlm_dir: str, stamps: tuple):
     return processor
 
 
-def encode(vlm_dir, prompts: list[str], images: list) -> dict[str, np.ndarray | None]:
+def encode(vlm_dir, prompts: list[str], images: list,
+           pad_to: int | None = None) -> dict[str, np.ndarray | None]:
     """input_ids, attention_mask (left-padded), pixel_values (None without images) and
     image_sizes (LLaVA-NeXT; else None). `images[i]` (a PIL image or None) goes with
-    `prompts[i]`, which holds one image placeholder (`<image>`) per image."""
+    `prompts[i]`, which holds one image placeholder (`<image>`) per image. `pad_to`: pad every
+    row to this many tokens (one compiled shape for batches of different prompts)."""
     if len(prompts) != len(images):
         raise EvomergeError(f"{len(prompts)} prompts but {len(images)} images")
     processor = load_processor(vlm_dir)
@@ -49,8 +51,12 @@ def encode(vlm_dir, prompts: list[str], images: list) -> dict[str, np.ndarray | 
             raise EvomergeError(f"prompt {i} has {count} {placeholder} placeholders for "
                                 f"{'no image' if image is None else 'one image'}")
     present = [im.convert("RGB") for im in images if im is not None]
-    batch = processor(text=list(prompts), images=present or None, padding=True,
-                      return_tensors="np")
+    padding = {"padding": True} if pad_to is None else {"padding": "max_length",
+                                                        "max_length": pad_to}
+    batch = processor(text=list(prompts), images=present or None, return_tensors="np", **padding)
+    if pad_to is not None and np.shape(batch["input_ids"])[1] != pad_to:
+        raise EvomergeError(f"a prompt is {np.shape(batch['input_ids'])[1]} tokens with its image "
+                            f"tokens, longer than pad_to={pad_to}")
     out = {"input_ids": np.asarray(batch["input_ids"], np.int32),
            "attention_mask": np.asarray(batch["attention_mask"], np.int32),
            "pixel_values": None, "image_sizes": None}

@@ -170,6 +170,10 @@ def vlm_spec_from_config(cfg: dict, where: str = "config.json") -> VlmSpec:
                                 for h, w in pinpoints):
             raise ConfigError(f"{where}: image_grid_pinpoints: every size must be a multiple of "
                               f"vision_config.image_size {vision.image_size}")
+        if (strategy == "default") != (vision.kind == "clip"):
+            raise ConfigError(f"{where}: vision_feature_select_strategy: {strategy!r} with a "
+                              f"{vision.kind} tower leaves tiles that are not a grid of patches "
+                              "(LLaVA-NeXT needs default with CLIP, full with SigLIP)")
     return VlmSpec(architecture=arch, vision=vision, text=text, feature_layers=layers,
                    feature_layer_is_list=is_list, select_strategy=strategy, projector_act=act,
                    projector_bias=bool(cfg.get("multimodal_projector_bias", True)),
