@@ -14,7 +14,8 @@ import yaml
 from rouge_score import rouge_scorer, tokenizers
 
 from evolve_world import write_jsonl
-from evomerge_jax.checkpoint import load, save
+from evomerge_jax.api import load
+from evomerge_jax.checkpoint import save
 from evomerge_jax.evolve.config import load_config
 from evomerge_jax.evolve.evaluate import Evaluator
 from evomerge_jax.evolve.metrics import images_of
@@ -71,7 +72,7 @@ def make_vlm_world(root):
     return {"root": root, "vlm": root / "vlm", "text": text, "files": files}
 
 
-def _config(world, path, search="ps"):
+def _config(world, path, search="ps", baselines=False):
     tasks = [{"name": "vqa_nll", "type": "perplexity", "data": world["files"],
               "prompt": "USER: {q} ASSISTANT:", "target": " {a}", "batch_size": 6},
              {"name": "vqa", "type": "generate", "data": world["files"],
@@ -82,7 +83,7 @@ def _config(world, path, search="ps"):
            "merge": {"method": "task_arithmetic", "evolve": ["weight"]},
            # SimpleES: compiles in a fraction of CMA-ES's time (the strategy is not under test)
            "strategy": {"name": "SimpleES", "population_size": 4, "generations": 2, "seed": 0},
-           "tasks": tasks, "output_dir": str(path.parent / "run"), "baselines": False,
+           "tasks": tasks, "output_dir": str(path.parent / "run"), "baselines": baselines,
            "compute": {"chunk_size": 1}}  # P = 1 programs only: one compile per search
     if search == "dfs":  # A = the VLM (its language tower), B = the text LM; teacher-forced
         cfg.pop("merge")  # task only (the generate path with images: the PS test)
@@ -185,10 +186,24 @@ def test_dfs_run_exports_the_folded_path_in_a_llava_dir(vlm_world, tmp_path):
     from evomerge_jax.dfs.path import decode_path
     from evomerge_jax.dfs.search import dfs_search_for
 
-    path = _config(vlm_world, tmp_path / "cfg.yml", "dfs")
+    path = _config(vlm_world, tmp_path / "cfg.yml", "dfs", baselines=True)
     results = evolve(path, **QUIET)
     run = tmp_path / "run"
     _check_run(run, results)
+    # the baseline of source A (the VLM dir: its language tower behind its vision side) equals
+    # transformers' LLaVA of that dir on the test split
+    _, tasks, _, _ = prepare(load_config(path))
+    test = tasks[0].splits["test"].arrays
+    llava = transformers.LlavaForConditionalGeneration.from_pretrained(vlm_world["vlm"]).eval()
+    with torch.no_grad():
+        logits = llava(input_ids=torch.tensor(test["tokens"], dtype=torch.long),
+                       attention_mask=torch.tensor(test["mask"], dtype=torch.long),
+                       pixel_values=torch.tensor(test["pixel_values"][test["has_image"]])).logits
+    logp = torch.log_softmax(logits, -1).numpy()
+    token = np.take_along_axis(logp, test["labels"][..., None], -1)[..., 0]
+    nll = -token[test["scored"]].sum() / test["scored"].sum()
+    assert results["scores"]["source vlm"]["test"]["vqa_nll"]["score"] == pytest.approx(
+        -nll, rel=1e-4)
     best, vlm = load(run / "best"), load(vlm_world["vlm"])
     for part in ("vision", "projector"):
         for a, b in zip(jax_leaves(best.params[part]), jax_leaves(vlm.params[part])):

@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import yaml
 
-from ..checkpoint import load
 from ..errors import ConfigError
 from ..evolve.config import EvolveConfig, dump_config, load_config
 from ..evolve.evaluate import Evaluator, PlainModel, available_memory
@@ -23,6 +22,7 @@ from ..evolve.report import plot_fitness, plot_recipe, print_table, read_log, sc
 from ..fileio import atomic_write_text
 from ..parallel.distributed import agree, barrier, is_main
 from ..parallel.mesh import device_bytes, make_mesh, mesh_sizes
+from ..sources import load_source
 
 
 def check_mesh(cfg: EvolveConfig) -> None:
@@ -178,8 +178,7 @@ def score_model(model_dir, tasks, tokenizer, splits, dtype=None, log=print, visi
     """One model dir on the tasks' splits: {split: {task: {metric: float}}}. With `vision` (a
     VLM run), the model is the language tower behind the VLM's frozen vision side (a VLM dir:
     its own language tower)."""
-    ckpt = load(model_dir, dtype)
-    ckpt = getattr(ckpt, "language", ckpt)  # a VLM dir: its language tower
+    ckpt = load_source(model_dir, dtype)  # a VLM dir: its language tower
     # A plain model is one candidate: one device, no replication.
     evaluator = Evaluator(PlainModel(ckpt.spec), ckpt.params, tasks, tokenizer,
                           devices=jax.local_devices()[:1], log=log, vision=vision)
