@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..model import (Context, decoder_layer, embed, make_context, positions_from_mask,
                      sliding_flags, unembed)
 from .genome import PathSpec, decode_population
+from ..vision_splice import with_image
 from .path import LayerPath
 
 
@@ -76,12 +77,13 @@ def window_slots(path_spec: PathSpec, spec: ModelSpec, decoded):
 
 @partial(jax.jit, static_argnames=("spec", "path_spec"))
 def population_hidden(params: dict, spec: ModelSpec, path_spec: PathSpec, genomes_pd, tokens_bs,
-                      mask_bs) -> jax.Array:
+                      mask_bs, image=None) -> jax.Array:
     """Final hidden states [P, B, S, D] (before the final norm) of P genomes, decoded on device:
-    the hook for task metrics that work on hidden states."""
+    the hook for task metrics that work on hidden states. `image`: (embeds, mask) spliced into
+    the embeddings (a VLM's image features, vision_splice.py)."""
     slot_layer_n, used_pn, scale_pn = window_slots(
         path_spec, spec, decode_population(path_spec, genomes_pd))
-    h_bsd = embed(params, spec, tokens_bs)
+    h_bsd = with_image(embed(params, spec, tokens_bs), image)
     h_pbsd = jnp.broadcast_to(h_bsd, (used_pn.shape[0],) + h_bsd.shape)
     h, _ = run_slots(params, spec, slot_layer_n, used_pn, scale_pn, h_pbsd,
                      prompt_context(spec, tokens_bs, mask_bs))

@@ -20,6 +20,7 @@ from ..arch import ModelSpec
 from ..checkpoint import Checkpoint
 from ..generation import generation_inputs, greedy_loop
 from ..model import embed, unembed
+from ..vision_splice import with_image
 from .forward import path_arrays, run_slots, window_slots
 from .genome import PathSpec, decode_population
 from .path import LayerPath
@@ -28,9 +29,10 @@ from .path import LayerPath
 @partial(jax.jit, static_argnames=("spec", "max_new_tokens", "eos_ids", "pad_id"))
 def slots_generate(params: dict, spec: ModelSpec, slot_layer_n, used_pn, scale_pn, tokens_bs,
                    mask_bs, *, max_new_tokens: int, eos_ids: tuple[int, ...] = (),
-                   pad_id: int = 0) -> jax.Array:
+                   pad_id: int = 0, image=None) -> jax.Array:
     """New tokens [P, B, max_new_tokens] for P candidates over one slot table (see `run_slots`).
-    Prompts [B, S] are shared by the candidates and must be left-padded."""
+    Prompts [B, S] are shared by the candidates and must be left-padded; `image` (embeds, mask)
+    is spliced into the prompt's embeddings (vision_splice.py)."""
     p, n = used_pn.shape
     b, s = tokens_bs.shape
     cache_shape = (n, p, b, s + max_new_tokens, spec.num_kv_heads, spec.head_dim)
@@ -39,6 +41,8 @@ def slots_generate(params: dict, spec: ModelSpec, slot_layer_n, used_pn, scale_p
 
     def embed_fn(tokens):  # the shared prompt [B, S], then each candidate's tokens [P, B, 1]
         h = embed(params, spec, tokens)
+        if tokens.ndim == 2:
+            h = with_image(h, image)
         return jnp.broadcast_to(h, (p,) + h.shape[-3:])
 
     def layers_fn(h, ctx, caches, cache_index):
@@ -52,12 +56,13 @@ def slots_generate(params: dict, spec: ModelSpec, slot_layer_n, used_pn, scale_p
 
 def population_generate(params: dict, spec: ModelSpec, path_spec: PathSpec, genomes_pd, tokens_bs,
                         mask_bs, *, max_new_tokens: int, eos_ids: tuple[int, ...] = (),
-                        pad_id: int = 0) -> jax.Array:
+                        pad_id: int = 0, image=None) -> jax.Array:
     """New tokens [P, B, max_new_tokens] of P genomes (decoded on device) in one compiled loop."""
     slot_layer_n, used_pn, scale_pn = window_slots(
         path_spec, spec, decode_population(path_spec, jnp.asarray(genomes_pd)))
     return slots_generate(params, spec, slot_layer_n, used_pn, scale_pn, tokens_bs, mask_bs,
-                          max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
+                          max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                          image=image)
 
 
 def path_generate(stack: Checkpoint, path: LayerPath, input_ids, max_new_tokens: int,

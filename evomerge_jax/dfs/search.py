@@ -22,15 +22,17 @@ import jax
 import numpy as np
 
 from ..arch import ModelSpec, global_hf_name, layer_hf_name
-from ..checkpoint import DTYPES, Checkpoint, TensorReader, read_config
+from ..checkpoint import DTYPES, Checkpoint
 from ..evolve.config import EvolveConfig
 from ..evolve.config_sections import DFSSection
 from ..evolve.strategy import build_strategy
 from ..evolve.tasks import load_tasks, load_tokenizer
+from ..evolve.vision import export_as_vlm, tokenizer_dir, vision_for
 from ..model import unembed
 from ..parallel.memory_model import Workload, dfs_candidate_bytes
 from ..parallel.mesh import first_device_mesh, read_global, weight_shardings
 from ..parallel.seeds import DFS_MLP_STREAM
+from ..sources import source_config, source_reader
 from .export import save_path_model
 from .forward import population_hidden
 from .generate import population_generate
@@ -54,12 +56,12 @@ def check_dfs_models(a: Path, b: Path, dfs: DFSSection) -> tuple[PathSpec, dict]
     """Configs and safetensors headers only (no tensor data): A and B must share one layer
     architecture (hidden size, vocabulary, ...; `dfs.check_compatible`) and the path must be
     non-empty. Returns (path spec, A's HF config)."""
-    _, a_cfg, a_spec = read_config(a)
-    _, _, b_spec = read_config(b)
+    _, a_cfg, a_spec = source_config(a)
+    _, _, b_spec = source_config(b)
     names = (str(a), str(b))
     check_compatible([SimpleNamespace(spec=a_spec), SimpleNamespace(spec=b_spec)], names)
     for path in (a, b):
-        TensorReader(path).check()
+        source_reader(path).check()
     spec = PathSpec(source_names=names, source_layers=(a_spec.num_layers, b_spec.num_layers),
                     repeats=dfs.repeats, fix_ends=dfs.fix_ends, scale_mode=dfs.scale_mode,
                     mlp_hidden=dfs.mlp_hidden, entry_scale=dfs.entry_scale,
@@ -80,19 +82,19 @@ class DFSModel:
     def candidates(self, genomes_pd, keys_p2):
         return {"genomes": genomes_pd}
 
-    def hidden(self, weights, cand, tokens_bs, mask_bs):
+    def hidden(self, weights, cand, tokens_bs, mask_bs, image=None):
         return population_hidden(weights, self.spec, self.path_spec, cand["genomes"], tokens_bs,
-                                 mask_bs)
+                                 mask_bs, image)
 
     def head_map(self, weights, cand, h_pbsd, fn):
         return jax.lax.map(lambda h_bsd: fn(unembed(weights, self.spec, h_bsd)), h_pbsd,
                            batch_size=self.global_batch)
 
     def generate(self, weights, cand, tokens_bs, mask_bs, *, max_new_tokens: int,
-                 eos_ids: tuple[int, ...], pad_id: int):
+                 eos_ids: tuple[int, ...], pad_id: int, image=None):
         return population_generate(weights, self.spec, self.path_spec, cand["genomes"], tokens_bs,
                                    mask_bs, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-                                   pad_id=pad_id)
+                                   pad_id=pad_id, image=image)
 
     def memory(self, rows: int, seq: int, new_tokens: int = 0, model_axis: int = 1):
         """(bytes per candidate, per candidate of the head map) of one batch, as
@@ -110,9 +112,10 @@ class DFSSearch:
 
     kind = "dfs"
 
-    def __init__(self, cfg, sources: tuple[Path, Path], path_spec: PathSpec):
+    def __init__(self, cfg, sources: tuple[Path, Path], path_spec: PathSpec, vision=None):
         self.cfg, self.sources, self.path_spec = cfg, tuple(sources), path_spec
-        self.dtype = cfg.compute.dtype or TensorReader(sources[0]).dtype(
+        self.vision = vision  # evolve/vision.py: a VLM's frozen vision side, or None
+        self.dtype = cfg.compute.dtype or source_reader(sources[0]).dtype(
             "model.embed_tokens.weight")
         self.model = None    # DFSModel, after `load()` (it needs the stack's spec)
         self.weights = None  # the stack's params, after `load()`
@@ -125,7 +128,7 @@ class DFSSearch:
     def _stack_layout(self):
         """(stack spec, A's HF config) from the configs alone: A's architecture with A's layers
         then B's (`dfs.stack_sources` without the tensors)."""
-        (_, a_cfg, a_spec), (_, _, b_spec) = (read_config(p) for p in self.sources)
+        (_, a_cfg, a_spec), (_, _, b_spec) = (source_config(p) for p in self.sources)
         return a_spec.with_num_layers(a_spec.sliding_layers + b_spec.sliding_layers), a_cfg
 
     def weight_layout(self) -> tuple:
@@ -140,7 +143,7 @@ class DFSSearch:
         """The source stack (`dfs.stack_sources`) as global arrays on `mesh`, each process
         reading only the blocks its devices hold."""
         spec, a_cfg = self._stack_layout()
-        readers = [TensorReader(p) for p in self.sources]
+        readers = [source_reader(p) for p in self.sources]
         shapes = self.weight_layout()[1]
         shardings = weight_shardings(mesh, spec, shapes)
         dt = DTYPES[self.dtype]
@@ -205,14 +208,26 @@ class DFSSearch:
             # onto this process's first device (the fold reads one tensor at a time from it).
             stack = self._read_stack(first_device_mesh())
         path = decode_path(self.path_spec, np.asarray(genome, np.float32))
-        return save_path_model(stack, path, out_dir, overwrite=overwrite,
-                               tokenizer_from=self.cfg.tokenizer)
+        write = lambda out, overwrite: save_path_model(  # noqa: E731
+            stack, path, out, overwrite=overwrite, tokenizer_from=self.cfg.tokenizer)
+        if self.vision is not None:  # the folded language tower in a copy of the VLM
+            return export_as_vlm(self.vision, write, Path(out_dir), overwrite=overwrite)
+        return write(out_dir, overwrite)
+
+
+def _vision(cfg, a: Path):
+    """The run's vision side (None without vision_model), checked against model A's spec."""
+    vision = vision_for(cfg)
+    if vision is not None:
+        vision.check_language(source_config(a)[2], f"model A {a}")
+    return vision
 
 
 def dfs_search_for(cfg: EvolveConfig) -> DFSSearch:
     """The search of a `search: dfs` config, checked, no weights loaded (for export)."""
     a, b = dfs_sources(cfg)
-    return DFSSearch(cfg, (a, b), check_dfs_models(a, b, cfg.dfs or DFSSection())[0])
+    path_spec = check_dfs_models(a, b, cfg.dfs or DFSSection())[0]
+    return DFSSearch(cfg, (a, b), path_spec, _vision(cfg, a))
 
 
 def prepare_dfs(cfg: EvolveConfig, log=print, a_stand_in: Path | None = None):
@@ -221,8 +236,9 @@ def prepare_dfs(cfg: EvolveConfig, log=print, a_stand_in: Path | None = None):
     a, b = dfs_sources(cfg)
     a = a_stand_in or a
     path_spec, hf_config = check_dfs_models(a, b, cfg.dfs or DFSSection())
-    tokenizer = load_tokenizer(cfg.tokenizer or a)
-    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
-    search = DFSSearch(cfg, (a, b), path_spec)
+    vision = _vision(cfg, a)
+    tokenizer = load_tokenizer(tokenizer_dir(cfg, a))
+    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"), vision)
+    search = DFSSearch(cfg, (a, b), path_spec, vision)
     strategy = build_strategy(cfg.strategy, search.num_dims)
     return search, tasks, tokenizer, strategy

@@ -29,6 +29,9 @@ class EvolveConfig(_Strict):
     base_model: Path
     models: tuple[Path, ...] = Field(min_length=1)
     tokenizer: Path | None = None
+    # EvoVLM (evolve/vision.py): a LLaVA dir whose language tower the sources merge into; its
+    # vision tower and projector stay frozen. Search ps, dfs or ps+dfs.
+    vision_model: Path | None = None
     merge: MergeSection = MergeSection()
     grouping: GroupingSection = GroupingSection()
     strategy: StrategySection = Field(default_factory=StrategySection)
@@ -62,6 +65,9 @@ class EvolveConfig(_Strict):
                                  "least two models")
         if self.search == "ps+dfs" and dfs.a is not None:
             raise ValueError("dfs.a cannot be set under ps+dfs: model A is the PS stage's result")
+        if self.vision_model is not None and self.search not in ("ps", "dfs", "ps+dfs"):
+            raise ValueError(f"vision_model applies to search ps, dfs or ps+dfs, not "
+                             f"{self.search}")
         return self
 
     @model_validator(mode="after")
@@ -138,7 +144,8 @@ def _resolve(cfg: EvolveConfig, root: Path) -> EvolveConfig:
     tasks = tuple(t.model_copy(update=task_paths(t)) for t in cfg.tasks)
     return cfg.model_copy(update=dict(
         base_model=fix(cfg.base_model), models=tuple(fix(m) for m in cfg.models),
-        tokenizer=fix(cfg.tokenizer), output_dir=fix(cfg.output_dir), tasks=tasks,
+        tokenizer=fix(cfg.tokenizer), vision_model=fix(cfg.vision_model),
+        output_dir=fix(cfg.output_dir), tasks=tasks,
         **({"dfs": cfg.dfs.model_copy(update={k: fix(getattr(cfg.dfs, k)) for k in ("a", "b")
                                               if getattr(cfg.dfs, k) is not None})}
            if cfg.dfs is not None else {})))

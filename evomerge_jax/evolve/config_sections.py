@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from ..merge.task_arithmetic import PRESETS
 from .lm_eval_config import LmEvalSection
 from .method_genes import GENOME_METHODS, fixed_only, method_parameters, switches
+from .rouge import resolve_tokenizer
 from .strategy import algorithms
 from .task_types import TASK_TYPES
 
@@ -178,7 +179,8 @@ class TaskSection(_Strict):
     max_new_tokens: PositiveInt = 64
     stop: tuple[str, ...] = ()
     answer_regex: str = r"-?\d+(?:\.\d+)?"
-    compare: Literal["numeric", "string"] = "numeric"
+    compare: Literal["numeric", "string", "rouge_l"] = "numeric"
+    rouge_tokenizer: str = "default"  # compare rouge_l: default|whitespace|chars|MODULE:CALLABLE
     choices: str = "choices"
     label: str = "label"
     metric: Literal["acc", "acc_norm"] = "acc"
@@ -202,6 +204,10 @@ class TaskSection(_Strict):
             raise ValueError(f"task {self.name!r}: system_prompt needs chat_template: true")
         if kind.needs_target and "target" not in self.model_fields_set:
             raise ValueError(f"task {self.name!r}: type {self.type!r} needs a target template")
+        if "rouge_tokenizer" in self.model_fields_set:
+            if self.compare != "rouge_l":
+                raise ValueError(f"task {self.name!r}: rouge_tokenizer applies to compare: rouge_l")
+            resolve_tokenizer(self.rouge_tokenizer)  # a one-line ValueError when it cannot load
         if self.type == "perplexity" and not (self.target or self.prompt):
             raise ValueError(f"task {self.name!r}: perplexity needs a prompt or target template")
         return self

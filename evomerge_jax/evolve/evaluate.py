@@ -22,11 +22,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ..arch import ModelSpec
 from ..fileio import parse_size
 from ..generation import greedy_generate
-from ..model import hidden_states, unembed
+from ..model import embed, hidden_states, hidden_states_from_embeds, unembed
 from ..parallel.memory_model import (choose_chunk, generation_mode, pass_bytes, shape_of,
                                      workloads)
 from ..parallel.mesh import MODEL, POP, make_mesh, put_global, weight_shardings
 from ..parallel.xla_options import merge_jit
+from ..vision_splice import with_image
 from .metrics import generation_of, run_tasks
 from .task_types import TASK_TYPES
 
@@ -57,16 +58,22 @@ class PlainModel:
     def candidates(self, genomes_pd, keys_p2):
         return {}
 
-    def hidden(self, params, cand, tokens_bs, mask_bs):
-        return hidden_states(params, self.spec, tokens_bs, mask_bs)[None]
+    def hidden(self, params, cand, tokens_bs, mask_bs, image=None):
+        if image is None:
+            return hidden_states(params, self.spec, tokens_bs, mask_bs)[None]
+        h = with_image(embed(params, self.spec, tokens_bs), image)
+        return hidden_states_from_embeds(params, self.spec, h, mask_bs)[None]
 
     def head_map(self, params, cand, h_pbsd, fn):
         out = fn(unembed(params, self.spec, h_pbsd[0]))
         return jax.tree.map(lambda x: x[None], out)
 
-    def generate(self, params, cand, tokens_bs, mask_bs, *, max_new_tokens, eos_ids, pad_id):
+    def generate(self, params, cand, tokens_bs, mask_bs, *, max_new_tokens, eos_ids, pad_id,
+                 image=None):
+        embeds, mask = image if image is not None else (None, None)
         return greedy_generate(params, self.spec, tokens_bs, mask_bs,
-                               max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)[None]
+                               max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                               image_embeds=embeds, image_mask=mask)[None]
 
     def memory(self, rows, seq, new_tokens=0, model_axis=1):
         return 0, 0
@@ -90,18 +97,21 @@ class Evaluator:
     def __init__(self, model, weights, tasks, tokenizer, *, population: int = 1,
                  memory_budget: str | None = None, chunk_size: int | None = None,
                  global_batch: int | None = None, devices=None, mesh=None, log=print,
-                 generation: str = "auto"):
+                 generation: str = "auto", vision=None):
         """`mesh` (pop, model) defaults to every local device (or `devices`) on `pop`; the
         weights are placed on it as mesh.py splits them (a no-op for weights loaded there).
         `generation` (`compute.generation`): how a merging model runs generate tasks, `cached`
         or `remerge`, `auto` choosing by the memory model (`self.generation` holds the choice;
-        None when nothing generates or the model does not merge)."""
+        None when nothing generates or the model does not merge). `vision` (evolve/vision.py):
+        a VLM's frozen vision side, which turns each batch's images into embeddings once, for
+        every candidate."""
         if mesh is None:
             devices = list(devices or jax.local_devices())
             mesh = make_mesh(devices, len(devices), 1)
         self.mesh = mesh
         self.n_dev = mesh.shape[POP]  # candidates are split over the pop axis only
         self.tasks, self.tokenizer, self.log = tuple(tasks), tokenizer, log
+        self.vision = vision if vision is not None and any(map(_has_images, self.tasks)) else None
         self.weights = jax.device_put(weights, weight_shardings(mesh, model.spec, weights))
         leaves = jax.tree.leaves(self.weights)
         self.resident = sum(x.nbytes for x in leaves)
@@ -183,15 +193,36 @@ class Evaluator:
         """Host batches per task and the device batch: all teacher-forced rows concatenated
         (padded to one length), then each generate task's prompts."""
         host = [t.batch(split, r) for t, r in zip(self.tasks, rows_per_task)]
+        if self.vision is not None:  # image embeddings, once per batch (shared by candidates)
+            host = [{**b, **self._images(b)} for b in host]
+        image_keys = ("image_embeds", "image_mask") if self.vision is not None else ()
         teacher = [b for t, b in zip(self.tasks, host) if not t.generates]
         device = {"teacher": None, "generate": tuple(
-            {k: np.asarray(b[k]) for k in ("tokens", "mask")}
+            {k: np.asarray(b[k]) for k in ("tokens", "mask", *image_keys)}
             for t, b in zip(self.tasks, host) if t.generates)}
         if teacher:
             device["teacher"] = {
                 k: np.concatenate([_pad_cols(b[k], self.seq_len) for b in teacher])
-                for k in ("tokens", "mask", "labels", "scored")}
+                for k in ("tokens", "mask", "labels", "scored", *image_keys)}
         return host, device
+
+    def _images(self, batch: dict) -> dict:
+        """A task batch's image embeddings and mask, shaped as its tokens (+ D); zeros and False
+        for a task or row without an image. A choice task's choices share one prompt: its image
+        features are computed once per example."""
+        tokens = np.asarray(batch["tokens"])
+        dim = self.vision.spec.text.hidden_size
+        if "pixel_values" not in batch or not np.any(batch["has_image"]):
+            return {"image_embeds": np.zeros(tokens.shape + (dim,), np.float32),
+                    "image_mask": np.zeros(tokens.shape, bool)}
+        first = tokens[:, 0] if tokens.ndim == 3 else tokens
+        embeds, mask = self.vision.embeds(first, batch["pixel_values"], batch["image_sizes"],
+                                          batch["has_image"])
+        if tokens.ndim == 3:  # [B, C, S]: the prompt positions are the same in every choice
+            embeds = np.broadcast_to(embeds[:, None], tokens.shape + (dim,))
+            mask = np.broadcast_to(mask[:, None], tokens.shape) & (
+                tokens == self.vision.image_token_id)
+        return {"image_embeds": embeds, "image_mask": mask}
 
     def _score(self, genomes, keys, split, rows_per_task, sums, items=None):
         host, device = self._assemble(split, rows_per_task)
@@ -252,9 +283,17 @@ class Evaluator:
 
 
 def _pad_cols(x: np.ndarray, width: int) -> np.ndarray:
-    """[..., S] -> [R, width] rows (choice rows flattened), right-padded with zeros."""
+    """[..., S] -> [R, width] rows (choice rows flattened), right-padded with zeros; image
+    embeddings [..., S, D] -> [R, width, D]."""
+    if x.dtype == np.float32 and x.ndim >= 3:  # image embeds
+        x = x.reshape((-1,) + x.shape[-2:])
+        return np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0)))
     x = x.reshape((-1, x.shape[-1]))
     return np.pad(x, ((0, 0), (0, width - x.shape[-1])))
+
+
+def _has_images(task) -> bool:
+    return any("pixel_values" in s.arrays for s in task.splits.values())
 
 
 def combine(tasks, scores: dict) -> np.ndarray:

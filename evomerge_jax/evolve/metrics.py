@@ -47,14 +47,23 @@ def run_tasks(model, generations: tuple, weights, cand, batch: dict):
     teacher = None
     if batch.get("teacher") is not None:
         rows = batch["teacher"]
-        h = model.hidden(weights, cand, rows["tokens"], rows["mask"])
+        h = model.hidden(weights, cand, rows["tokens"], rows["mask"], **images_of(rows))
         teacher = model.head_map(weights, cand, h, lambda logits: teacher_stats(
             logits, rows["labels"], rows["scored"]))
     generated = tuple(
         model.generate(weights, cand, b["tokens"], b["mask"], max_new_tokens=g.max_new_tokens,
-                       eos_ids=g.eos_ids, pad_id=g.pad_id)
+                       eos_ids=g.eos_ids, pad_id=g.pad_id, **images_of(b))
         for g, b in zip(generations, batch["generate"]))
     return teacher, generated
+
+
+def images_of(rows: dict) -> dict:
+    """The keyword a population model takes for a batch with images (evolve/vision.py): `image`
+    = (embeds [B, S, D], mask [B, S]), computed once per batch and shared by the candidates;
+    {} for a batch without images (the pass is then exactly the text-only one)."""
+    if rows.get("image_embeds") is None:
+        return {}
+    return {"image": (rows["image_embeds"], rows["image_mask"])}
 
 
 def extract_answer(text: str, pattern: str, numeric: bool):

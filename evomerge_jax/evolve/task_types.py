@@ -11,8 +11,8 @@ its functions and one line in `TASK_TYPES`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from ..chat import chat_messages, chat_token_ids, render_chat
 from ..errors import ConfigError
 from . import lm_eval_task
 from .metrics import completion_text, extract_answer
+from .rouge import rouge_l
 
 
 class TaskError(ConfigError):
@@ -150,7 +151,8 @@ def _accumulate_choice(task, outputs, batch, tokenizer, answers) -> dict:
 
 
 def _generate_hits(task, outputs, batch, tokenizer, answers) -> np.ndarray:
-    """[P, B]: 1 where candidate p's completion of example b holds the expected answer."""
+    """[P, B]: candidate p's score on example b: 1 or 0 (the expected answer held or not), or
+    under `compare: rouge_l` the ROUGE-L F-measure of the completion against the target."""
     cfg, tokens = task.cfg, np.asarray(outputs)
     valid = np.asarray(batch["valid"])
     eos_ids = () if task.eos_id is None else (int(task.eos_id),)
@@ -158,9 +160,13 @@ def _generate_hits(task, outputs, batch, tokenizer, answers) -> np.ndarray:
     hits = np.zeros(tokens.shape[:2])
     for p in range(tokens.shape[0]):
         for b in np.flatnonzero(valid):
-            got = extract_answer(completion_text(tokenizer, tokens[p, b], eos_ids, cfg.stop),
-                                 cfg.answer_regex, numeric)
-            want = extract_answer(answers[int(batch["index"][b])], cfg.answer_regex, numeric)
+            text = completion_text(tokenizer, tokens[p, b], eos_ids, cfg.stop)
+            answer = answers[int(batch["index"][b])]
+            if cfg.compare == "rouge_l":
+                hits[p, b] = rouge_l(text.strip(), answer, cfg.rouge_tokenizer)
+                continue
+            got = extract_answer(text, cfg.answer_regex, numeric)
+            want = extract_answer(answer, cfg.answer_regex, numeric)
             hits[p, b] = got is not None and (
                 math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9) if numeric else got == want)
     return hits
@@ -210,6 +216,14 @@ def _finalize_acc(task, sums) -> dict:
     return {"acc": acc, "score": acc}
 
 
+def _finalize_generate(task, sums) -> dict:
+    """acc, or under `compare: rouge_l` the mean ROUGE-L F-measure × 100 (the paper's scale)."""
+    if task.cfg.compare != "rouge_l":
+        return _finalize_acc(task, sums)
+    rouge = 100 * _ratio(sums["correct"], sums["count"])
+    return {"rouge_l": rouge, "score": rouge}
+
+
 def _finalize_choice(task, sums) -> dict:
     out = {"acc": _ratio(sums["correct"], sums["count"]),
            "acc_norm": _ratio(sums["correct_norm"], sums["count"])}
@@ -226,9 +240,9 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
              generates=False, per_choice=False, encode=_encode_exact,
              accumulate=_accumulate_exact, finalize=_finalize_acc, items=_items_exact),
     TaskType("generate", frozenset({"target", "max_new_tokens", "stop", "answer_regex",
-                                    "compare"}), needs_target=True, generates=True,
+                                    "compare", "rouge_tokenizer"}), needs_target=True, generates=True,
              per_choice=False, encode=_encode_generate, accumulate=_accumulate_generate,
-             finalize=_finalize_acc, items=_items_generate),
+             finalize=_finalize_generate, items=_items_generate),
     TaskType("choice", frozenset({"choices", "label", "metric"}), needs_target=False,
              generates=False, per_choice=True, encode=_encode_choice,
              accumulate=_accumulate_choice, finalize=_finalize_choice, items=_items_choice),

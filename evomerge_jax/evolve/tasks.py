@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import string
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ import numpy as np
 from ..errors import ConfigError
 from .config import TaskSection
 from .task_data import SPLITS, SplitData, TaskData, pad_to, teacher_rows
+from .task_images import IMAGE_FIELD, expand_prompt, image_arrays, image_path
 from .task_types import TASK_TYPES, TaskError
+
 
 def _template_fields(template: str, where: str) -> set[str]:
     try:
@@ -51,16 +54,29 @@ def _read_jsonl(path: Path, task: str, split: str) -> list[tuple[dict, int]]:
     return records
 
 
-def _split_rows(cfg: TaskSection, records, path: Path, tokenizer, eos_id):
-    """One split's records encoded by the task's type, and where each came from."""
+def _split_rows(cfg: TaskSection, records, path: Path, tokenizer, eos_id, images):
+    """One split's records encoded by the task's type, where each came from, and each one's
+    (pixel_values, image size) or None (task_images.py: a record's `image`)."""
     kind = TASK_TYPES[cfg.type]
-    encoded = [kind.encode(cfg, record, tokenizer, eos_id, f"{path}:{line}")
-               for record, line in records]
-    return encoded, [(str(path), line) for _, line in records]
+    encoded, pixels = [], []
+    for record, line in records:
+        where = f"{path}:{line}"
+        one, image = kind.encode(cfg, record, tokenizer, eos_id, where), image_path(
+            record, path, where)
+        if image is not None:
+            one, image = expand_prompt(one, image, images, where)
+        elif images is not None and images.image_token_id in one.prompt:
+            raise TaskError(f"{where}: the prompt holds the image token {images.image_token!r} "
+                            f"but the record has no {IMAGE_FIELD!r}")
+        encoded.append(one)
+        pixels.append(image)
+    return encoded, [(str(path), line) for _, line in records], pixels
 
 
-def load_task(cfg: TaskSection, tokenizer, context: int | None) -> TaskData:
-    """Read, render and tokenize the three splits; every problem raises before any compute."""
+def load_task(cfg: TaskSection, tokenizer, context: int | None, images=None) -> TaskData:
+    """Read, render and tokenize the three splits; every problem raises before any compute.
+    `images` (task_images.ImageInputs): the vision model's processor, for records with an image
+    (without it such a record is an error)."""
     kind, eos_id = TASK_TYPES[cfg.type], tokenizer.eos_token_id
     if kind.load is not None:  # a type that reads its own data (lm_eval)
         return kind.load(cfg, tokenizer, context)
@@ -70,9 +86,10 @@ def load_task(cfg: TaskSection, tokenizer, context: int | None) -> TaskData:
     raw = {}
     for split in SPLITS:
         path = Path(getattr(cfg.data, split))
-        raw[split] = _split_rows(cfg, _read_jsonl(path, cfg.name, split), path, tokenizer, eos_id)
+        raw[split] = _split_rows(cfg, _read_jsonl(path, cfg.name, split), path, tokenizer, eos_id,
+                                 images)
     longest, worst = 0, None
-    for encoded, files in raw.values():
+    for encoded, files, _ in raw.values():
         for e, where in zip(encoded, files):
             extra = (cfg.max_new_tokens if kind.generates else
                      max(map(len, e.target)) if kind.per_choice else len(e.target))
@@ -83,7 +100,15 @@ def load_task(cfg: TaskSection, tokenizer, context: int | None) -> TaskData:
         raise TaskError(f"{worst[0]}:{worst[1]}: {what} take {longest} tokens, more than the "
                         f"model's context of {context} (task {cfg.name!r})")
     seq = pad_to(longest)
-    splits = {split: _arrays(kind, cfg, rows, seq, pad) for split, rows in raw.items()}
+    splits = {split: _arrays(kind, cfg, rows[:2], seq, pad) for split, rows in raw.items()}
+    # Every split of a task with images carries the image arrays (one shape: one compiled pass).
+    pictures = image_arrays([p for rows in raw.values() for p in rows[2]])
+    start = 0
+    for split, rows in raw.items():
+        n = len(rows[2])
+        extra = {k: v[start:start + n] for k, v in pictures.items()}
+        splits[split] = replace(splits[split], arrays={**splits[split].arrays, **extra})
+        start += n
     return TaskData(cfg, splits, seq, eos_id, pad, generates=kind.generates,
                     new_tokens=cfg.max_new_tokens if kind.generates else 0,
                     eos_ids=() if eos_id is None else (int(eos_id),))
@@ -117,8 +142,8 @@ def _arrays(kind, cfg: TaskSection, rows, seq: int, pad: int) -> SplitData:
     return SplitData(arrays, tuple(answers), tuple(files))
 
 
-def load_tasks(tasks, tokenizer, context: int | None) -> tuple[TaskData, ...]:
-    return tuple(load_task(t, tokenizer, context) for t in tasks)
+def load_tasks(tasks, tokenizer, context: int | None, images=None) -> tuple[TaskData, ...]:
+    return tuple(load_task(t, tokenizer, context, images) for t in tasks)
 
 
 def load_tokenizer(path: Path):

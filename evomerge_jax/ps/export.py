@@ -16,10 +16,11 @@ import numpy as np
 import yaml
 
 from ..arch import global_hf_name, layer_hf_name
-from ..checkpoint import DTYPES, TensorReader, output_config, write_hf_dir
+from ..checkpoint import DTYPES, output_config, write_hf_dir
 from ..evolve.method_genes import takes_base
 from ..merge.methods import get_method
 from ..parallel.xla_options import merge_jit
+from ..sources import source_reader
 from .genome import clip
 
 # mergekit tensor-name substrings of each side of a layer (the norm before each block included).
@@ -46,7 +47,8 @@ def merged_tensors(search, genome, key_data):
     model, layout, spec = search.model, search.layout, search.spec
     values = layout.to_values(clip(np.asarray(genome)[None])[0][0])
     values = {n: jnp.asarray(v, jnp.float32) for n, v in values.items()}
-    readers = [TensorReader(search.cfg.base_model)] + [TensorReader(m) for m in search.cfg.models]
+    readers = [source_reader(search.cfg.base_model)] + [source_reader(m)
+                                                        for m in search.cfg.models]
     dtype = DTYPES[model.dtype]
     key_data = jnp.asarray(key_data, jnp.uint32)
     table = layout.layer_table()
@@ -75,7 +77,7 @@ def merged_tensors(search, genome, key_data):
 def export_ps(search, genome, key_data, out_dir, *, overwrite=False, note: str = "") -> Path:
     """Write the candidate as an HF dir (config, tokenizer, shards) with recipe.yaml."""
     cfg = search.cfg
-    tokenizer_dir = cfg.tokenizer or cfg.base_model
+    tokenizer_dir = cfg.tokenizer or cfg.vision_model or cfg.base_model
     out_cfg = output_config(search.hf_config, search.spec, DTYPES[search.model.dtype])
     return write_hf_dir(out_dir, merged_tensors(search, genome, key_data), out_cfg,
                         tokenizer_from=tokenizer_dir, overwrite=overwrite,

@@ -45,6 +45,7 @@ from ..model import decoder_layer, make_context, positions_from_mask, sliding_fl
 from ..model import embed as embed_tokens
 from ..parallel.memory_model import Workload, ps_candidate_bytes, shared_merge_bytes
 from ..parallel.seeds import tensor_key
+from ..vision_splice import with_image
 from .genome import GenomeLayout
 
 
@@ -146,7 +147,7 @@ class PSModel:
                 jnp.arange(self.spec.num_layers))
 
     # ---- the population model interface -------------------------------------------------
-    def hidden(self, weights, cand, tokens_bs, mask_bs):
+    def hidden(self, weights, cand, tokens_bs, mask_bs, image=None):
         spec = self.spec
         positions = positions_from_mask(mask_bs)
         index = jnp.broadcast_to(jnp.arange(tokens_bs.shape[1]), tokens_bs.shape)
@@ -155,7 +156,7 @@ class PSModel:
         def embed_one(args):
             values, key_data = args
             table = self.merge_global(weights, values, key_data, "embed")
-            return embed_tokens({"embed": table}, spec, tokens_bs)
+            return with_image(embed_tokens({"embed": table}, spec, tokens_bs), image)
 
         h = jax.lax.map(embed_one, (cand["values"], cand["key"]), batch_size=self.global_batch)
 
@@ -199,7 +200,7 @@ class PSModel:
         return jax.lax.scan(step, None, self._layer_inputs(weights, cand))[1]
 
     def generate(self, weights, cand, tokens_bs, mask_bs, *, max_new_tokens: int,
-                 eos_ids: tuple[int, ...], pad_id: int):
+                 eos_ids: tuple[int, ...], pad_id: int, image=None):
         spec = self.spec
         heads = jax.vmap(partial(self._head_params, weights))(cand["values"], cand["key"])
         embeds = heads["embed"] if spec.tie_word_embeddings else jax.vmap(
@@ -209,8 +210,9 @@ class PSModel:
             layer_inputs = (self.merged_layers(weights, cand), layer_inputs[2])
 
         def embed_fn(tokens):
-            if tokens.ndim == 2:  # the shared prompt
-                return jax.vmap(lambda e: embed_tokens({"embed": e}, spec, tokens))(embeds)
+            if tokens.ndim == 2:  # the shared prompt (and its images)
+                return with_image(
+                    jax.vmap(lambda e: embed_tokens({"embed": e}, spec, tokens))(embeds), image)
             return jax.vmap(lambda e, t: embed_tokens({"embed": e}, spec, t))(embeds, tokens)
 
         def layers_fn(h, ctx, caches, cache_index):

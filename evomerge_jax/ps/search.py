@@ -18,14 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..arch import global_hf_name, layer_hf_name
-from ..checkpoint import DTYPES, TensorReader, read_config
+from ..checkpoint import DTYPES
 from ..errors import ConfigError
 from ..evolve.strategy import build_strategy
 from ..evolve.tasks import load_tasks, load_tokenizer
+from ..evolve.vision import export_as_vlm, tokenizer_dir, vision_for
 from ..kernels import kernel_fields
 from ..merge.sparsify import magnitude_table
 from ..evolve.method_genes import uses_tables as method_uses_tables
 from ..parallel.mesh import first_device_mesh, read_global, weight_shardings
+from ..sources import source_config, source_reader
 from .export import export_ps
 from .genome import GenomeLayout, clip, make_layout
 from .population import PSModel
@@ -34,17 +36,17 @@ from .population import PSModel
 def check_models(cfg):
     """Read every model's config and safetensors headers (no tensor data); all architecture or
     shape mismatches are reported at once. Returns (base spec, base HF config)."""
-    _, base_cfg, spec = read_config(cfg.base_model)
-    TensorReader(cfg.base_model).check()
+    _, base_cfg, spec = source_config(cfg.base_model)
+    source_reader(cfg.base_model).check()
     problems = []
     for path in cfg.models:
-        _, _, other = read_config(path)
+        _, _, other = source_config(path)
         diffs = [_diff(f.name, getattr(other, f.name), getattr(spec, f.name))
                  for f in dataclasses.fields(spec) if getattr(other, f.name) != getattr(spec, f.name)]
         if diffs:
             problems.append(f"{path} differs from base_model {cfg.base_model} in " + ", ".join(diffs))
             continue
-        TensorReader(path).check()
+        source_reader(path).check()
     if problems:
         raise ConfigError("models must share the base model's architecture and shapes: "
                           + "; ".join(problems))
@@ -60,7 +62,7 @@ def _diff(name: str, theirs, ours) -> str:
 def forward_dtype(cfg, base_dir: Path) -> str:
     if cfg.compute.dtype:
         return cfg.compute.dtype
-    reader = TensorReader(base_dir)
+    reader = source_reader(base_dir)
     return reader.dtype("model.embed_tokens.weight")
 
 
@@ -84,7 +86,7 @@ def load_weights(cfg, spec, dtype: str, uses_tables: bool, mesh) -> dict:
     """{"base": params, "sources": stacked params, "tables": sorted |task vector| or {}}, as
     global arrays placed on `mesh` (see mesh.py): each process reads from the safetensors files
     only the blocks its devices hold."""
-    readers = [TensorReader(cfg.base_model)] + [TensorReader(m) for m in cfg.models]
+    readers = [source_reader(cfg.base_model)] + [source_reader(m) for m in cfg.models]
     shapes = weight_shapes(spec, len(cfg.models), dtype, uses_tables)
     shardings = weight_shardings(mesh, spec, shapes)
     dt = DTYPES[dtype]
@@ -128,8 +130,9 @@ class PSSearch:
 
     kind = "ps"
 
-    def __init__(self, cfg, spec, hf_config: dict):
+    def __init__(self, cfg, spec, hf_config: dict, vision=None):
         self.cfg, self.spec, self.hf_config = cfg, spec, hf_config
+        self.vision = vision  # evolve/vision.py: a VLM's frozen vision side, or None
         self.layout: GenomeLayout = make_layout(cfg, len(cfg.models), spec.num_layers)
         self.dtype = forward_dtype(cfg, cfg.base_model)
         uses_tables = method_uses_tables(cfg.merge.method)
@@ -170,22 +173,35 @@ class PSSearch:
                            for n, v in values.items()}}
 
     def export(self, genome, key_data, out_dir, *, overwrite=False, note: str = "") -> Path:
-        return export_ps(self, genome, key_data, out_dir, overwrite=overwrite, note=note)
+        """The candidate as an HF dir: a text LM, or with `vision_model` a LLaVA dir."""
+        write = lambda out, overwrite: export_ps(  # noqa: E731
+            self, genome, key_data, out, overwrite=overwrite, note=note)
+        if self.vision is not None:
+            return export_as_vlm(self.vision, write, Path(out_dir), overwrite=overwrite)
+        return write(out_dir, overwrite)
+
+
+def _checked(cfg):
+    """(spec, HF config, vision) after every check of the models (and of `vision_model`)."""
+    spec, hf_config = check_models(cfg)
+    vision = vision_for(cfg)
+    if vision is not None:
+        vision.check_language(spec, f"base_model {cfg.base_model}")
+    return spec, hf_config, vision
 
 
 def ps_search_for(cfg) -> PSSearch:
     """The search of a `search: ps` config, checked, no weights loaded (for export)."""
-    spec, hf_config = check_models(cfg)
-    return PSSearch(cfg, spec, hf_config)
+    return PSSearch(cfg, *_checked(cfg))
 
 
 def ps_parts(cfg):
     """What every search over PS genomes (ps, pareto, gradient, m2n2) checks and loads before
     any weights: (search, tasks, tokenizer)."""
-    spec, hf_config = check_models(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model)
-    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
-    return PSSearch(cfg, spec, hf_config), tasks, tokenizer
+    spec, hf_config, vision = _checked(cfg)
+    tokenizer = load_tokenizer(tokenizer_dir(cfg, cfg.base_model))
+    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"), vision)
+    return PSSearch(cfg, spec, hf_config, vision), tasks, tokenizer
 
 
 def prepare_ps(cfg, log=print):

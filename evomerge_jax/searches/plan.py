@@ -14,7 +14,7 @@ import jax
 from rich.table import Table
 
 from ..arch import ModelSpec
-from ..checkpoint import TensorReader, read_config
+from ..sources import source_config, source_reader
 from ..dfs.search import check_dfs_models, dfs_sources
 from ..errors import CheckpointError, ConfigError
 from ..evolve.config_sections import DFSSection, MeshSection
@@ -22,6 +22,7 @@ from ..evolve.evaluate import available_memory
 from ..evolve.task_types import TASK_TYPES
 from ..evolve.task_data import pad_to
 from ..evolve.tasks import load_task, load_tokenizer
+from ..evolve.vision import tokenizer_dir, vision_for
 from ..fileio import parse_size
 from ..evolve.method_genes import uses_tables
 from ..parallel.memory_model import (DTYPE_BYTES, F32, Bytes, GiB, TaskShape, Workload,
@@ -108,7 +109,7 @@ def _task_shapes(cfg, tokenizer_dir, context, seq_len: int):
                  ] if task.data is not None else []  # lm_eval: loaded by lm-eval
         if all(f.is_file() for f in files):
             tokenizer = tokenizer or load_tokenizer(tokenizer_dir)
-            shapes.append(shape_of(load_task(task, tokenizer, context)))
+            shapes.append(shape_of(load_task(task, tokenizer, context, vision_for(cfg))))
             continue
         kind = TASK_TYPES[task.type]
         new = task.max_new_tokens if kind.generates else 0
@@ -158,17 +159,17 @@ def _stage(cfg, a_stand_in=None) -> _Stage:
         spec, hf_config = check_models(cfg)
         k = len(cfg.models)
         return _Stage(spec, k, uses_tables(cfg.merge.method), 0,
-                      TensorReader(cfg.base_model).dtype("model.embed_tokens.weight"),
+                      source_reader(cfg.base_model).dtype("model.embed_tokens.weight"),
                       make_layout(cfg, k, spec.num_layers).num_dims, hf_config,
-                      cfg.tokenizer or cfg.base_model)
+                      tokenizer_dir(cfg, cfg.base_model))
     a, b = dfs_sources(cfg)
     a = a_stand_in or a
     path_spec, hf_config = check_dfs_models(a, b, cfg.dfs or DFSSection())
-    spec_a, spec_b = read_config(a)[2], read_config(b)[2]
+    spec_a, spec_b = source_config(a)[2], source_config(b)[2]
     lo, hi = path_spec.window
     return _Stage(spec_a.with_num_layers(spec_a.sliding_layers + spec_b.sliding_layers), 0, False,
-                  hi - lo, TensorReader(a).dtype("model.embed_tokens.weight"),
-                  path_spec.num_genes, hf_config, cfg.tokenizer or a)
+                  hi - lo, source_reader(a).dtype("model.embed_tokens.weight"),
+                  path_spec.num_genes, hf_config, tokenizer_dir(cfg, a))
 
 
 def plan_memory(cfg, devices: int | None = None, device_memory: int | str | None = None,

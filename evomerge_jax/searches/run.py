@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import read_config
 from ..errors import ConfigError
 from ..evolve.config import EvolveConfig, load_config
 from ..evolve.report import print_table, score_table
 from ..evolve.tasks import load_tasks, load_tokenizer
+from ..evolve.vision import tokenizer_dir, vision_for
 from ..parallel.distributed import is_main
+from ..sources import source_config
 from .pareto import export_point
 from .registry import SEARCHES
 from .stage import check_mesh, evolve_stage, export_stage, score_model
@@ -56,11 +57,12 @@ def eval_model(model_dir, config_path, splits=("validation", "test"), log=print)
     """`evomerge eval`: a model dir on a config's tasks, with the model dir's own tokenizer when
     it has one (else the config's)."""
     cfg = load_config(config_path)
-    root, hf_config, _ = read_config(model_dir)
+    root, hf_config, _ = source_config(model_dir)
     has_tokenizer = (root / "tokenizer.json").is_file() or (root / "tokenizer.model").is_file()
-    tokenizer = load_tokenizer(root if has_tokenizer else (cfg.tokenizer or cfg.base_model))
-    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"))
-    scores = score_model(model_dir, tasks, tokenizer, splits, cfg.compute.dtype, log)
+    tokenizer = load_tokenizer(root if has_tokenizer else tokenizer_dir(cfg, cfg.base_model))
+    vision = vision_for(cfg)  # a VLM config: the model is scored behind its vision side
+    tasks = load_tasks(cfg.tasks, tokenizer, hf_config.get("max_position_embeddings"), vision)
+    scores = score_model(model_dir, tasks, tokenizer, splits, cfg.compute.dtype, log, vision)
     print_table(score_table({Path(model_dir).name: scores}, title=str(model_dir)))
     return scores
 

@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import yaml
 
-from ..checkpoint import load
 from ..errors import ConfigError
 from ..evolve.config import EvolveConfig, dump_config, load_config
 from ..evolve.evaluate import Evaluator, PlainModel, available_memory
@@ -23,6 +22,7 @@ from ..evolve.report import plot_fitness, plot_recipe, print_table, read_log, sc
 from ..fileio import atomic_write_text
 from ..parallel.distributed import agree, barrier, is_main
 from ..parallel.mesh import device_bytes, make_mesh, mesh_sizes
+from ..sources import load_source
 
 
 def check_mesh(cfg: EvolveConfig) -> None:
@@ -120,7 +120,8 @@ def stage_evaluator(cfg, search, tasks, tokenizer, population: int, mesh, plan: 
                           memory_budget=cfg.compute.memory_budget,
                           chunk_size=plan.get("chunk_size", cfg.compute.chunk_size),
                           global_batch=plan.get("global_batch"), mesh=mesh, log=log,
-                          generation=plan.get("generation") or cfg.compute.generation)
+                          generation=plan.get("generation") or cfg.compute.generation,
+                          vision=getattr(search, "vision", None))
     # Every process runs the same programs: process 0's plan (from its free memory) wins.
     cached = evaluator.generation == "cached"
     evaluator.chunk, evaluator.global_batch, cached = agree(
@@ -162,7 +163,8 @@ def finish(cfg, search, evaluator, tasks, tokenizer, best: Best, run_dir: Path, 
             for label, path in [("base", cfg.base_model),
                                 *[(Path(m).name, m) for m in cfg.models]]:
                 rows[f"source {label}" if label != "base" else "base"] = score_model(
-                    path, tasks, tokenizer, ("validation", "test"), cfg.compute.dtype, log)
+                    path, tasks, tokenizer, ("validation", "test"), cfg.compute.dtype, log,
+                    vision=getattr(search, "vision", None))
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         plot_fitness(read_log(run_dir / "log.jsonl"), run_dir / "fitness.png")
         plot_recipe(results["best"]["recipe"], run_dir / "recipe.png")
@@ -172,12 +174,14 @@ def finish(cfg, search, evaluator, tasks, tokenizer, best: Best, run_dir: Path, 
     return results
 
 
-def score_model(model_dir, tasks, tokenizer, splits, dtype=None, log=print) -> dict:
-    """One model dir on the tasks' splits: {split: {task: {metric: float}}}."""
-    ckpt = load(model_dir, dtype)
+def score_model(model_dir, tasks, tokenizer, splits, dtype=None, log=print, vision=None) -> dict:
+    """One model dir on the tasks' splits: {split: {task: {metric: float}}}. With `vision` (a
+    VLM run), the model is the language tower behind the VLM's frozen vision side (a VLM dir:
+    its own language tower)."""
+    ckpt = load_source(model_dir, dtype)  # a VLM dir: its language tower
     # A plain model is one candidate: one device, no replication.
     evaluator = Evaluator(PlainModel(ckpt.spec), ckpt.params, tasks, tokenizer,
-                          devices=jax.local_devices()[:1], log=log)
+                          devices=jax.local_devices()[:1], log=log, vision=vision)
     zeros_g, zeros_k = np.zeros((1, 1), np.float32), np.zeros((1, 2), np.uint32)
     return {split: _first(evaluator.split_scores(zeros_g, zeros_k, split)) for split in splits}
 
