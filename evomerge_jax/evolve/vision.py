@@ -68,12 +68,10 @@ class Vision:
     def weights(self):
         """(vision params, projector params), read from the dir once, float32."""
         if self._weights is None:
-            from ..vlm.checkpoint import _projector_params, _vision_params, open_vlm
+            from ..vlm.checkpoint import frozen_params
 
-            raw, layout, spec = open_vlm(self.path)
-            cast = np.float32
-            self._weights = (jax.device_put(_vision_params(raw, layout, spec, cast)),
-                             jax.device_put(_projector_params(raw, layout, spec, cast)))
+            vision, projector = frozen_params(self.path, np.float32)
+            self._weights = (jax.device_put(vision), jax.device_put(projector))
         return self._weights
 
     def embeds(self, tokens_bs, pixel_values, image_sizes, has_image):

@@ -185,6 +185,13 @@ def _check_unexpected(raw: TensorReader, layout: VlmLayout, spec: VlmSpec) -> No
         raise CheckpointError(f"{raw.root}: " + "; ".join(problems))
 
 
+def frozen_params(path: str | Path, cast=np.float32) -> tuple[dict, dict]:
+    """(vision tower params, projector params) of a LLaVA dir, without reading its language tower:
+    the parts an EvoVLM run keeps frozen."""
+    raw, layout, spec = open_vlm(path)
+    return (_vision_params(raw, layout, spec, cast), _projector_params(raw, layout, spec, cast))
+
+
 def load_vlm(path: str | Path, dtype: str | None = None) -> VlmCheckpoint:
     """Load a LLaVA / LLaVA-NeXT dir; `dtype` casts every tower (None keeps the file's)."""
     if dtype is not None and dtype not in DTYPES:
