@@ -129,10 +129,11 @@ def test_tensor_table_is_complete_and_consistent():
     for short, info in LAYER_TENSORS.items():
         assert info.side in ("attn", "mlp"), short
         assert info.fold in (None, "divide", "sign"), short
-        # a tensor written into the residual stream is an output projection (or its bias), or
-        # Gemma's post-norm of one (the family then overrides the projection's rule)
-        assert (info.fold == "divide") == short.startswith(("o_", "down_", "attn_post_",
-                                                            "mlp_post_")), short
+        # a tensor written into the residual stream is an output projection (or its bias, or
+        # Mixtral's experts' down projections), or Gemma's post-norm of one (the family then
+        # overrides the projection's rule)
+        assert (info.fold == "divide") == short.startswith(("o_", "down_", "experts_down",
+                                                            "attn_post_", "mlp_post_")), short
         assert info.norm == short.endswith("norm"), short
     assert set(GLOBAL_TENSORS) == {"embed", "final_norm", "lm_head"}
     assert all(info.side is None for info in GLOBAL_TENSORS.values())
