@@ -9,7 +9,7 @@ import torch
 
 import evomerge_jax as em
 from evomerge_jax import dfs
-from evomerge_jax.model import unembed
+from evomerge_jax.model import decoder_layer, embed, sliding_flags, unembed
 from tiny_models import make_model, save_model
 
 
@@ -121,3 +121,46 @@ def test_generation_along_paths(sources):
     alone = dfs.path_generate(stack, paths[1], tokens, new, attention_mask=mask)
     np.testing.assert_array_equal(alone[:, -new:], np.asarray(pop[1]))
     assert not np.array_equal(np.asarray(pop[0]), np.asarray(pop[1]))
+
+
+def _all_candidates_slots(params, spec, slot_layer_n, used_pn, scale_pn, h_pbsd, ctx, caches):
+    """The pass before issue 13, the reference: every slot some candidate uses runs for all P
+    candidates at once, and a candidate that skips it keeps its old state (jnp.where)."""
+    flags_m = sliding_flags(spec)
+
+    def step(h, xs):
+        layer, used_p, scale_p, cache = xs
+        lp = jax.tree.map(lambda x: x[layer], params["layers"])
+        x = h * scale_p[:, None, None, None]
+        out, new_cache = jax.vmap(
+            lambda x_bsd, c: decoder_layer(lp, spec, x_bsd, ctx, flags_m[layer], c, 0))(x, cache)
+        return jnp.where(used_p[:, None, None, None], out, h), new_cache
+
+    return jax.lax.scan(step, h_pbsd, (slot_layer_n, used_pn.T, scale_pn.T, caches))
+
+
+def test_slots_run_only_for_their_users_as_before(sources):
+    """`run_slots` runs each slot for its users only, `chunk` at a time: hidden states and the used
+    slots' KV caches equal the all-candidates pass (P = 5, every users' count 0..5 at some slot;
+    chunk 2: loops of 0 to 3 steps, padded chunks at odd counts)."""
+    (a, _), stack, _ = sources
+    tokens, mask = _batch(a.spec.vocab_size)
+    p, n = 5, 12
+    rng = np.random.default_rng(7)
+    used = np.zeros((p, n), bool)
+    for k in range(n):  # slot k used by (k mod 6) candidates, a different set each time
+        used[rng.permutation(p)[:k % 6], k] = True
+    used_pn = jnp.asarray(used)
+    scale_pn = jnp.asarray(rng.uniform(0.5, 1.5, (p, n)), jnp.float32)
+    layer_n = jnp.asarray(rng.integers(0, stack.spec.num_layers, n), jnp.int32)
+    h = jnp.broadcast_to(embed(stack.params, stack.spec, tokens), (p, 2, 8, a.spec.hidden_size))
+    h = h * jnp.asarray(rng.uniform(0.5, 1.5, (p, 1, 1, 1)), h.dtype)  # candidates differ
+    ctx = dfs.forward.prompt_context(stack.spec, tokens, mask)
+    shape = (n, p, 2, 8, a.spec.num_kv_heads, a.spec.head_dim)
+    caches = (jnp.zeros(shape), jnp.zeros(shape))
+    args = (stack.params, stack.spec, layer_n, used_pn, scale_pn, h, ctx, caches)
+    want_h, want_c = jax.jit(_all_candidates_slots, static_argnums=1)(*args)
+    got_h, got_c = jax.jit(dfs.run_slots, static_argnums=(1, 9))(*args, 0, 2)
+    np.testing.assert_allclose(got_h, want_h, rtol=1e-6, atol=1e-6 * float(jnp.abs(want_h).max()))
+    for got, want in zip(got_c, want_c):
+        np.testing.assert_allclose(got[used.T], want[used.T], rtol=1e-6, atol=1e-6)

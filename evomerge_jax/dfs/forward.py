@@ -3,10 +3,14 @@ over the slots, and one path over only its used layers.
 
 Why one scan over slots serves the whole population (docs/design.md §2.2): slot t always
 holds the same layer, so its weights are shared by every candidate; candidates differ only in
-whether they use the slot and with what scale. Each slot is applied to all P hidden states at once
-([P, B, S, D], one weight set) and a candidate that skips the slot keeps its old state (jnp.where);
-a slot no candidate uses is skipped outright (lax.cond on a scalar), which on a real population
-removes most of the repeated slots of the later repetitions.
+whether they use the slot and with what scale. A slot runs only for the candidates that use it:
+their hidden states are gathered (users first, in candidate order), run through the layer `chunk`
+candidates at a time in a loop whose trip count is the users' count (ceil(u / chunk) steps, so a
+slot no candidate uses runs nothing), and scattered back; the others keep their state. One
+compiled copy of the layer serves every count, so nothing recompiles as the population changes.
+`chunk` = 1 runs exactly the used layers' FLOPs; a larger chunk makes larger matmuls at the cost
+of up to chunk − 1 padded candidates per used slot, which pays when one candidate's tokens are
+too few to fill a step (`auto_chunk`, the default: decode steps, tiny batches).
 """
 
 from __future__ import annotations
@@ -32,29 +36,55 @@ def _layer(layers: dict, layer) -> dict:
     return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False), layers)
 
 
+# Tokens a chunk should hold at least when `chunk` is chosen from the shapes: below this a layer's
+# step is bound by per-step overhead, not FLOPs (benchmarks/bench_dfs.py, README).
+MIN_CHUNK_TOKENS = 256
+
+
+def auto_chunk(p: int, tokens: int) -> int:
+    """Candidates per chunk for P candidates of `tokens` (B·S) each: one when a candidate alone
+    fills a chunk, else enough for MIN_CHUNK_TOKENS, at most P."""
+    return max(1, min(p, -(-MIN_CHUNK_TOKENS // max(1, tokens))))
+
+
 def run_slots(params: dict, spec: ModelSpec, slot_layer_n, used_pn, scale_pn, h_pbsd,
-              ctx: Context, caches=None, cache_index=0):
+              ctx: Context, caches=None, cache_index=0, chunk: int | None = None):
     """Apply n slots in order to P candidates' hidden states [P, B, S, D].
 
     Slot k runs global layer `slot_layer_n[k]` on `scale_pn[:, k]` × h for the candidates with
-    `used_pn[:, k]`; the others keep h, and a slot no candidate uses is skipped. `caches` (k, v),
-    each [n, P, B, T, N, E], hold one KV cache per slot (a candidate's cache of a slot it skips
-    is written but never read). Returns (h [P, B, S, D], caches).
+    `used_pn[:, k]` only, `chunk` candidates per step of a loop (see the module doc; None:
+    `auto_chunk` of the shapes); the others keep h. `caches` (k, v), each [n, P, B, T, N, E],
+    hold one KV cache per slot, written for the candidates that run the slot. Returns
+    (h [P, B, S, D], caches).
     """
+    p, b, s = h_pbsd.shape[:3]
+    chunk = auto_chunk(p, b * s) if chunk is None else chunk
+    if chunk < 1:
+        raise ConfigError(f"DFS pass chunk must be at least 1 candidate, got {chunk}")
     flags_m = sliding_flags(spec)
 
     def step(h, xs):
         layer, used_p, scale_p, cache = xs
         lp, is_sliding = _layer(params["layers"], layer), flags_m[layer]
+        count = jnp.sum(used_p, dtype=jnp.int32)
+        # The users first, in candidate order; every other place points past the end (index P):
+        # a padded row of the last chunk is computed from a clipped gather and dropped.
+        order = jnp.argsort(~used_p, stable=True).astype(jnp.int32)
+        order = jnp.pad(jnp.where(jnp.arange(p) < count, order, p), (0, chunk),
+                        constant_values=p)
+        take = partial(jnp.take, axis=0, mode="clip")
 
-        def run(h):
-            x = h * scale_p.astype(h.dtype)[:, None, None, None]
+        def run_chunk(i, carry):
+            h, cache = carry
+            idx = jax.lax.dynamic_slice(order, (i * chunk,), (chunk,))
+            x = take(h, idx) * take(scale_p, idx).astype(h.dtype)[:, None, None, None]
             out, new_cache = jax.vmap(
                 lambda x_bsd, c: decoder_layer(lp, spec, x_bsd, ctx, is_sliding, c, cache_index)
-            )(x, cache)
-            return jnp.where(used_p[:, None, None, None], out, h), new_cache
+            )(x, jax.tree.map(lambda c: take(c, idx), cache))
+            put = lambda full, part: full.at[idx].set(part, mode="drop")  # noqa: E731
+            return put(h, out), jax.tree.map(put, cache, new_cache)
 
-        return jax.lax.cond(jnp.any(used_p), run, lambda h: (h, cache), h)
+        return jax.lax.fori_loop(0, (count + chunk - 1) // chunk, run_chunk, (h, cache))
 
     return jax.lax.scan(step, h_pbsd, (slot_layer_n, used_pn.T, scale_pn.T, caches))
 
@@ -75,26 +105,26 @@ def window_slots(path_spec: PathSpec, spec: ModelSpec, decoded):
             decoded.scale_t[:, lo:hi])
 
 
-@partial(jax.jit, static_argnames=("spec", "path_spec"))
+@partial(jax.jit, static_argnames=("spec", "path_spec", "chunk"))
 def population_hidden(params: dict, spec: ModelSpec, path_spec: PathSpec, genomes_pd, tokens_bs,
-                      mask_bs, image=None) -> jax.Array:
+                      mask_bs, image=None, chunk: int | None = None) -> jax.Array:
     """Final hidden states [P, B, S, D] (before the final norm) of P genomes, decoded on device:
     the hook for task metrics that work on hidden states. `image`: (embeds, mask) spliced into
-    the embeddings (a VLM's image features, vision_splice.py)."""
+    the embeddings (a VLM's image features, vision_splice.py); `chunk`: see `run_slots`."""
     slot_layer_n, used_pn, scale_pn = window_slots(
         path_spec, spec, decode_population(path_spec, genomes_pd))
     h_bsd = with_image(embed(params, spec, tokens_bs), image)
     h_pbsd = jnp.broadcast_to(h_bsd, (used_pn.shape[0],) + h_bsd.shape)
     h, _ = run_slots(params, spec, slot_layer_n, used_pn, scale_pn, h_pbsd,
-                     prompt_context(spec, tokens_bs, mask_bs))
+                     prompt_context(spec, tokens_bs, mask_bs), chunk=chunk)
     return h
 
 
-@partial(jax.jit, static_argnames=("spec", "path_spec"))
+@partial(jax.jit, static_argnames=("spec", "path_spec", "chunk"))
 def population_logits(params: dict, spec: ModelSpec, path_spec: PathSpec, genomes_pd, tokens_bs,
-                      mask_bs) -> jax.Array:
+                      mask_bs, chunk: int | None = None) -> jax.Array:
     """Logits [P, B, S, V] (float32) of P genomes, with A's final norm and LM head."""
-    h = population_hidden(params, spec, path_spec, genomes_pd, tokens_bs, mask_bs)
+    h = population_hidden(params, spec, path_spec, genomes_pd, tokens_bs, mask_bs, chunk=chunk)
     return jax.vmap(lambda h_bsd: unembed(params, spec, h_bsd))(h)
 
 
@@ -103,8 +133,8 @@ def path_hidden(params: dict, spec: ModelSpec, layer_n, scale_n, used_n, tokens_
                 mask_bs) -> jax.Array:
     """One path, running only its used layers: hidden states [B, S, D] before the final norm.
 
-    The step arrays [n] may be padded past the path's end with `used_n` False: a padded step is
-    skipped by lax.cond and costs nothing, and padding to a few bucket lengths saves the compile
+    The step arrays [n] may be padded past the path's end with `used_n` False: a padded step runs
+    no chunk and costs nothing, and padding to a few bucket lengths saves the compile
     that each distinct path length would otherwise need."""
     h, _ = run_slots(params, spec, layer_n, used_n[None], scale_n[None],
                      embed(params, spec, tokens_bs)[None], prompt_context(spec, tokens_bs, mask_bs))

@@ -3,9 +3,9 @@ two caches, one per step). Shares the prefill/decode loop of `generation.greedy_
 plain decoder; only the layer stack differs (`forward.run_slots`).
 
 A single path runs its used layers only (cache [n, 1, B, T, N, E], n its length padded to a
-power of two; padded steps are skipped); a population runs the
-usable window of slots for all P candidates at once (cache [n_window, P, B, T, N, E]), skipping
-slots no candidate uses, exactly as the forward population pass does.
+power of two; padded steps are skipped); a population scans the usable window of slots (cache
+[n_window, P, B, T, N, E]) and runs each slot for the candidates that use it only, one at a time,
+exactly as the forward population pass does (`run_slots`).
 """
 
 from __future__ import annotations
