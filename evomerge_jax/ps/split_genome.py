@@ -1,6 +1,6 @@
 """Split recipes: two PS recipes joined at a boundary inside the flattened model, scored by the
 population pass without a merged model being built (M2N2's crossover at a parameter index,
-`m2n2.split: parameter`; docs/design.md §2.6).
+`m2n2.split: parameter`; docs/design.md §2.5).
 
 A split genome is [left D | right D | x]: two PS genomes (ps/genome.py) and a boundary gene x in
 [0, 1]. The model's parameters are flattened in model order: the embedding, then layer 0's tensors
