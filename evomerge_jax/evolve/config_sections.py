@@ -240,3 +240,6 @@ class GradientSection(_Strict):
     learning_rate: float = Field(0.05, gt=0)
     batch: PositiveInt | None = None  # rows per task per step; default: the task's batch_size
     validate_every: PositiveInt = 1   # steps between validation passes (the best is chosen there)
+    # the hybrid (searches/gradient_hybrid.py): these evolved parameters' genes (densities, ...)
+    # are evolved by the strategy section's algorithm; the others learned by Adam per candidate
+    evolve: tuple[str, ...] = ()

@@ -26,11 +26,13 @@ from ..fileio import parse_size
 from ..evolve.method_genes import method_parameters, uses_tables
 from ..parallel.memory_model import (DTYPE_BYTES, F32, Bytes, GiB, TaskShape, Workload,
                                      choose_chunk, dfs_candidate_bytes, generation_mode,
-                                     gradient_step_bytes, model_elements, pass_bytes, ps_candidate_bytes, shape_of,
+                                     gradient_step_bytes, model_elements, pass_bytes,
+                                     ps_candidate_bytes, shape_of,
                                      shared_merge_bytes, workloads)
 from ..parallel.mesh import mesh_sizes
 from ..ps.genome import make_layout
 from ..ps.search import check_models
+from .gradient_hybrid import evolved_mask
 from .ps_dfs import stage_configs
 
 
@@ -201,7 +203,9 @@ def plan_memory(cfg, devices: int | None = None, device_memory: int | str | None
     if cfg.search == "m2n2":  # its archive (generation 0) or its children per pass
         population = max(cfg.m2n2.archive_size, cfg.m2n2.children) if cfg.m2n2 else 8
     if cfg.search == "gradient":  # one candidate: the step's program, and validation passes
-        population = 1
+        hybrid = (cfg.gradient or GradientSection()).evolve  # a strategy's population around it
+        population = cfg.strategy.population_for(int(evolved_mask(
+            make_layout(cfg, stage.sources, stage.spec.num_layers), hybrid).sum())) if hybrid else 1
     shapes, task_notes = _task_shapes(cfg, stage.tokenizer,
                                       stage.hf_config.get("max_position_embeddings"), seq_len)
 
