@@ -49,8 +49,10 @@ def split_world(evolve_world, tmp_path_factory):
     target = 1 * n + spans["up_proj"][0] + 37
     x = np.float32(target / (search.spec.num_layers * n))
     layer, offset = (int(v[0]) for v in decode_boundary(np.asarray([x]), 3, n))
-    return {"cfg": cfg, "search": search, "left": left, "right": right, "x": x, "n": n,
-            "layer": layer, "offset": offset, "settings": settings, "root": root}
+    world = {"cfg": cfg, "search": search, "left": left, "right": right, "x": x, "n": n,
+             "layer": layer, "offset": offset, "settings": settings, "root": root}
+    world["splice"] = _splice(world, layer, offset)  # built once for the two tests reading it
+    return world
 
 
 def _genome(w, x):
@@ -106,7 +108,7 @@ def test_split_recipe_scores_the_spliced_model(split_world, evolve_world):
                                                                            w["right"], [0.0]])]
     got = _pass_logits(search, [_genome(w, w["x"]), _genome(w, 0.0), _genome(w, 1.0), *ends],
                        tokens)
-    want = _hf_logits(evolve_world["base"], _splice(w, w["layer"], w["offset"]), tokens)
+    want = _hf_logits(evolve_world["base"], w["splice"], tokens)
     np.testing.assert_allclose(got[0], want, atol=2e-5, rtol=1e-4)
     # x = 0 is the right recipe alone, x = 1 the left one alone
     np.testing.assert_allclose(got[1], got[4], atol=1e-6)
@@ -117,7 +119,7 @@ def test_split_recipe_scores_the_spliced_model(split_world, evolve_world):
 def test_split_export_is_the_splice(split_world, tmp_path):
     w, search = split_world, split_world["search"]
     out = search.export(_genome(w, w["x"]), np.zeros(2, np.uint32), tmp_path / "child")
-    want = _splice(w, w["layer"], w["offset"])
+    want = w["splice"]
     reader = TensorReader(out)
     for name in want:
         np.testing.assert_array_equal(reader.read(name, np.float32), want[name], err_msg=name)
