@@ -89,9 +89,10 @@ def main() -> None:
         scores = results["scores"]["evolved"]
         cells = [100 * scores[split][t]["acc"] for split in ("validation", "test") for t in TASKS]
         extra = f" (front of {len(results['pareto']['points'])})" if "pareto" in results else ""
-        rows.append(f"| {search}{extra} | "
-                    f"{evaluations(name, results, out / 'runs' / name, args.population, args.generations)}"
-                    f" | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {seconds:.0f} |")
+        spent = evaluations(name, results, out / "runs" / name, args.population,
+                            args.generations)
+        rows.append(f"| {search}{extra} | {spent} | " + " | ".join(f"{c:.1f}" for c in cells)
+                    + f" | {seconds:.0f} |")
         print(rows[-1], flush=True)
     print("\n| search | evaluations | val l2_math | val l2_general | test l2_math | "
           "test l2_general | seconds |")
