@@ -47,10 +47,10 @@ def variants(ps: dict, population: int, generations: int) -> dict:
                    "strategy": {**base["strategy"], "population_size": population}},
         "m2n2": {**base, "search": "m2n2",
                  "m2n2": {"archive_size": population, "children": population}},
-        # one step and one validation batch per step: half the budget in steps
+        # half the budget in steps, validated at three of them (and the last)
         "gradient": {**base, "search": "gradient",
                      "gradient": {"steps": max(budget // 2, 1), "learning_rate": 0.05,
-                                  "batch": 16, "validate_every": 1}},
+                                  "batch": 16, "validate_every": max(budget // 6, 1)}},
     }
 
 
