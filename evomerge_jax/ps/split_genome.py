@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .genome import clip
 from .population import PSModel
 
 
@@ -134,12 +133,3 @@ def project(layout, spec, genome) -> np.ndarray:
     share = layout.flatten(blocks)
     return share * genome[:d] + (1 - share) * genome[d:2 * d]
 
-
-def as_split(genome) -> np.ndarray:
-    """A PS genome as a split genome with both sides equal (boundary 0)."""
-    genome = np.asarray(genome, np.float32)
-    return np.concatenate([genome, genome, np.zeros(1, np.float32)])
-
-
-def clip_split(genomes) -> tuple[np.ndarray, int]:
-    return clip(genomes)
