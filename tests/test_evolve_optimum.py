@@ -134,3 +134,29 @@ def test_gradient_run_stopped_and_resumed_replays_the_same_steps(agree, gradient
     strip = lambda line: {k: v for k, v in line.items() if k != "seconds"}
     assert [strip(x) for x in _log(cfg)] == [strip(x) for x in gradient[1]]
     assert results["best"] == gradient[0]["best"]
+
+
+def test_hybrid_evolves_lambda_around_learned_weights(agree):
+    """gradient.evolve: CMA-ES evolves task arithmetic's lambda (one gene) while Adam learns the
+    weights of each candidate; the best's effective coefficients lambda·w recover the target's
+    (0.3, 0.7)."""
+    import yaml
+    cfg = agree("hybrid", search="gradient",
+                strategy={"name": "CMA_ES", "population_size": 3, "generations": 2,
+                          "sigma": 0.2, "seed": 1},
+                gradient={"loss": "nll", "steps": 6, "learning_rate": 0.05,
+                          "evolve": ["lambda"]})
+    data = yaml.safe_load(cfg.read_text())
+    data["merge"]["evolve"] = ["weight", "lambda"]
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    results = evolve(cfg, progress=False, log=lambda *_: None, export=False)
+    lines = _log(cfg)
+    assert [line["population"] for line in lines] == [3, 3]
+    lambdas = np.asarray([line["evolved_genes"] for line in lines])[..., 0] * 2  # bounds [0, 2]
+    assert np.ptp(lambdas) > 0.05, lambdas  # the strategy moves lambda
+    values = results["best"]["recipe"]["values"]
+    effective = np.asarray(values["weight"])[0] * values["lambda"][0]
+    assert np.abs(effective - TRUE_WEIGHTS).max() < 2 * TOLERANCE, (values, effective)
+    print(f"hybrid: lambda {values['lambda'][0]:.3f}, effective {effective.round(3).tolist()}, "
+          f"test acc {results['scores']['evolved']['test']['agree']['acc']:.4f}")
+    assert lines[-1]["forward_passes"] == 2 * (3 * (6 + 1) + 1)

@@ -63,6 +63,9 @@ def test_entropy_reads_only_the_prompt():
     ({"gradient": {"loss": "mse"}}, "gradient.loss"),
     ({"gradient": {"learning_rate": 0}}, "gradient.learning_rate"),
     ({"gradient": {"epochs": 3}}, "gradient.epochs: unknown key"),
+    ({"gradient": {"evolve": ["lambda"]}}, "gradient.evolve: lambda not among merge.evolve"),
+    ({"gradient": {"evolve": ["weight", "density"]}, "strategy": {"name": "CMA_ES"}},
+     "names every evolved parameter"),
 ])
 def test_bad_gradient_configs_are_one_line_errors(change, message):
     from evomerge_jax.errors import ConfigError

@@ -215,3 +215,40 @@ def test_printed_plan(world, capsys):
     assert f"{plan.weights / 2**20:.3f}" in out and f"{plan.total / 2**20:.3f}" in out
     assert "4 candidates per call (4 per device x 1), 1 call(s) per generation of 4" in out
     assert "batches (rows x tokens): 8 x" in out
+
+
+def test_gradient_plan_matches_the_compiled_step(world, tmp_path, capsys):
+    """search gradient: the plan's peak (weights + one forward-and-backward step through the
+    merge) against XLA's buffer assignment of the step's compiled program (within 25%); the
+    printed plan shows the step; a device too small for the step is refused with what to change."""
+    from evomerge_jax.evolve.gradient_loss import loss_and_grad, loss_rows
+    from evomerge_jax.searches.gradient import prepare_gradient, step_rows
+
+    data = yaml.safe_load(world.read_text())
+    data.update(search="gradient", gradient={"steps": 1, "batch": 6},
+                merge={"method": "task_arithmetic", "evolve": ["weight"]})
+    del data["strategy"]["population_size"]
+    path = tmp_path / "gradient.yml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    plan = plan_memory(cfg, 1, "1GiB", "1x1")
+    search, tasks, _, grad = prepare_gradient(cfg, log=lambda *_: None)
+    search.load()
+    seq = max(t.seq_len for t in tasks)
+    rows = loss_rows(tasks, step_rows(tasks, 0, 0, grad.batch), "fitness", seq, grad.loss)
+    assert (plan.gradient.rows, plan.gradient.seq) == rows["tokens"].shape == (6, seq)
+    compiled = loss_and_grad.lower(search.model, grad.loss, search.weights,
+                                   search.initial_mean(), np.zeros(2, np.uint32), rows).compile()
+    used = compiled.memory_analysis()
+    measured = used.argument_size_in_bytes + used.temp_size_in_bytes + used.output_size_in_bytes
+    assert abs(plan.total - measured) / measured < 0.25, (plan.total / 2**20, measured / 2**20)
+    assert plan.total == plan.weights + plan.gradient_step  # the step is the peak here
+    capsys.readouterr()
+    assert main(["plan", str(path), "--device-memory", "1GiB"]) == 0
+    assert "gradient step (one candidate, forward + backward through the merge, 6 x" in \
+        capsys.readouterr().out
+    # room for the validation pass (one candidate), not for the step
+    small = f"{(plan.weights + plan.gradient_step // 2) / 1e6:.0f}MB"
+    err = _refusal(capsys, str(path), "--device-memory", small)
+    assert "gradient does not fit on mesh 1x1: one step (6 rows x" in err, err
+    assert "a smaller gradient.batch" in err, err

@@ -106,9 +106,18 @@ class EvolveConfig(_Strict):
             return self
         if self.dfs is not None:
             raise ValueError("the dfs section applies to search dfs or ps+dfs, not gradient")
-        if "name" in self.strategy.model_fields_set:
+        hybrid = self.gradient.evolve if self.gradient else ()
+        if "name" in self.strategy.model_fields_set and not hybrid:
             raise ValueError("search gradient learns by Adam: strategy.name does not apply "
-                             "(mean and seed do; steps are gradient.steps)")
+                             "(mean and seed do; steps are gradient.steps; with gradient.evolve "
+                             "the strategy evolves those genes)")
+        unknown = [n for n in hybrid if n not in self.merge.evolve]
+        if unknown:
+            raise ValueError(f"gradient.evolve: {', '.join(unknown)} not among merge.evolve "
+                             f"({', '.join(self.merge.evolve)})")
+        if hybrid and set(hybrid) >= set(self.merge.evolve):
+            raise ValueError("gradient.evolve names every evolved parameter: Adam would learn "
+                             "none (use search ps)")
         return self
 
     @model_validator(mode="after")

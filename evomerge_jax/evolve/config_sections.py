@@ -126,12 +126,18 @@ DFS_STRATEGY = StrategySection.model_construct(name="CMA_ES", population_size=12
 
 class M2N2Section(_Strict):
     """`search: m2n2` (searches/m2n2.py, Sakana's M2N2): an archive of `archive_size` merge
-    recipes; each generation breeds `children` by split-point crossover; fitness per example is
-    shared by resource competition with exponent `alpha` (0: no sharing, plain sum)."""
+    recipes; each generation breeds `children` by split-point crossover and gaussian mutation;
+    fitness per example is shared by resource competition with exponent `alpha` (0: no sharing,
+    plain sum)."""
 
     archive_size: int = Field(8, ge=2)
     alpha: float = Field(1.0, ge=0)
     children: PositiveInt = 4
+    # where a split point may fall: a layer-group boundary (the child is a PS recipe), or any
+    # parameter index of the flattened model (the child is a split recipe, ps/split_genome.py)
+    split: Literal["layer", "parameter"] = "layer"
+    mutation_rate: float = Field(0.1, ge=0, le=1)  # share of a child's genes mutated (0: none)
+    mutation_scale: float = Field(0.05, ge=0)      # sigma of the gaussian step, in gene units
 
 
 class DFSSection(_Strict):
@@ -240,3 +246,6 @@ class GradientSection(_Strict):
     learning_rate: float = Field(0.05, gt=0)
     batch: PositiveInt | None = None  # rows per task per step; default: the task's batch_size
     validate_every: PositiveInt = 1   # steps between validation passes (the best is chosen there)
+    # the hybrid (searches/gradient_hybrid.py): these evolved parameters' genes (densities, ...)
+    # are evolved by the strategy section's algorithm; the others learned by Adam per candidate
+    evolve: tuple[str, ...] = ()

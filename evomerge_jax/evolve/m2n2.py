@@ -8,7 +8,8 @@ few solve is worth much (alpha = 0: the plain sum, no competition). The first pa
 proportion to shared fitness; the second in proportion to its attraction to the first,
 sum_j max(items[k, j] - items[first, j], 0) / (z_j + eps): how much it holds of what the first
 lacks, weighted by scarcity. A child takes w·A + (1 - w)·B on the genes before a split point and
-(1 - w)·A + w·B after it.
+(1 - w)·A + w·B after it, then gaussian mutation: each gene, with probability `rate`, moves by
+N(0, scale²).
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def crossover(a, b, position, split: int, w: float) -> np.ndarray:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     before = np.asarray(position) < split
     return np.where(before, w * a + (1 - w) * b, (1 - w) * a + w * b)
+
+
+def mutate(rng: np.random.Generator, genome, rate: float, scale: float) -> np.ndarray:
+    """Each gene plus scale·N(0, 1) with probability `rate` (one uniform and one normal draw per
+    gene, in that order, whatever the rate: the stream does not depend on it)."""
+    genome = np.asarray(genome, np.float64)
+    hit = rng.uniform(size=genome.shape) < rate
+    step = rng.standard_normal(genome.shape)
+    return genome + np.where(hit, scale * step, 0.0)
 
 
 def gene_positions(layout) -> np.ndarray:

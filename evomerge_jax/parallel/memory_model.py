@@ -163,6 +163,37 @@ def dfs_candidate_bytes(spec: ModelSpec, window: int, dtype: str, w: Workload,
     return scan, Bytes(logits=3 * w.rows * w.seq * _axis(spec.vocab_size, model_axis) * F32)
 
 
+# `search: gradient`'s step (forward and backward through the merge of one candidate), fitted to
+# XLA's buffer assignment of `gradient_loss.loss_and_grad` (float32, CPU; the tiny Llamas of
+# tests/test_memory_plan.py: dare_ties over L = 4/8, K = 2/3, V = 2000/4000 and 192-512 tokens
+# within 2%; task_arithmetic within 7%, over).
+GRAD_SOURCE_COPIES = 2      # per source, sparsifying methods: its masked task vector, weighted
+GRAD_LAYER_COPIES = 3.4     # per layer: the merged layer and its merge residuals
+GRAD_STEP_LAYERS = 5        # one layer's backward temporaries, once
+GRAD_VOCAB_COPIES = 10.6    # embed and head: merged, kept, and their gradients
+GRAD_LOGIT_COPIES = 4.5     # per token: logits, log-softmax and their gradients (float32)
+GRAD_SCORE_COPIES = 2       # per layer: attention scores and probabilities
+
+
+def gradient_step_bytes(spec: ModelSpec, num_sources: int, w: Workload, model_axis: int = 1,
+                        sparsified: bool = True) -> int:
+    """Temporaries of one gradient step (`search: gradient`): the forward pass of one candidate
+    through the merge with every value the backward pass needs kept (per layer: merge residuals,
+    activations, attention scores; per source: its weighted task vector), and the backward's own
+    temporaries; the resident weights are not included. `sparsified`: the method drops
+    elements by a density (DARE, TIES, ...), whose masked task vectors are kept too."""
+    layer, vocab = layer_elements(spec, model_axis) * F32, vocab_elements(spec, model_axis) * F32
+    model = model_elements(spec, model_axis) * F32
+    tokens = w.rows * w.seq
+    ff = _axis(spec.intermediate_size, model_axis)
+    act = tokens * (9 * spec.hidden_size + 4 * ff) * F32
+    scores = GRAD_SCORE_COPIES * w.rows * _axis(spec.num_heads, model_axis) * w.seq ** 2 * F32
+    logits = GRAD_LOGIT_COPIES * tokens * _axis(spec.vocab_size, model_axis) * F32
+    return int(GRAD_SOURCE_COPIES * num_sources * model * sparsified
+               + spec.num_layers * (GRAD_LAYER_COPIES * layer + act + scores)
+               + GRAD_STEP_LAYERS * layer + GRAD_VOCAB_COPIES * vocab + logits)
+
+
 def shared_merge_bytes(spec: ModelSpec, num_sources: int, model_axis: int = 1, dtype: str = "",
                        work=(), merge_batch: int = 1) -> int:
     """Once per device (PS): the K float32 task vectors of the layer being merged, and

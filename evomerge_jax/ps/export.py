@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
@@ -34,9 +35,10 @@ def _merge_layer(model, layer_w, coefs_l, key_data, layer):
 
 
 @partial(merge_jit, static_argnames=("model",))
-def _merge_globals(model, base, sources, values, key_data):
+def _merge_globals(model, base, sources, one):
     weights = {"base": base, "sources": sources, "tables": {}}
-    return {name: model.merge_global(weights, values, key_data, name) for name in base}
+    return {name: model.merge_global(weights, model.global_values(one, name), one["key"], name)
+            for name in base}
 
 
 def merged_tensors(search, genome, key_data):
@@ -44,14 +46,14 @@ def merged_tensors(search, genome, key_data):
     at a time. The merge is
     the population pass's own (`PSModel.merge_layer` for a population of one, `merge_global`),
     with the candidate's keys, so the tensors are those the candidate was scored with."""
-    model, layout, spec = search.model, search.layout, search.spec
-    values = layout.to_values(clip(np.asarray(genome)[None])[0][0])
-    values = {n: jnp.asarray(v, jnp.float32) for n, v in values.items()}
+    model, spec = search.model, search.spec
+    cand = model.candidates(jnp.asarray(search.clip(np.asarray(genome)[None])[0]),
+                            jnp.asarray(key_data, jnp.uint32)[None])
+    coefs = model.layer_coefs(cand)  # {param: [L, 1, ...]}
+    one = jax.tree.map(lambda x: x[0], cand)
     readers = [source_reader(search.cfg.base_model)] + [source_reader(m)
                                                         for m in search.cfg.models]
     dtype = DTYPES[model.dtype]
-    key_data = jnp.asarray(key_data, jnp.uint32)
-    table = layout.layer_table()
 
     def read(name):
         return (jnp.asarray(readers[0].read(name, dtype)),
@@ -60,14 +62,14 @@ def merged_tensors(search, genome, key_data):
     names = spec.global_tensors
     pairs = {short: read(global_hf_name(short)) for short in names}
     globals_ = _merge_globals(model, {s: b for s, (b, _) in pairs.items()},
-                            {s: k for s, (_, k) in pairs.items()}, values, key_data)
+                            {s: k for s, (_, k) in pairs.items()}, one)
     del pairs
     yield global_hf_name("embed"), np.asarray(globals_["embed"])
     for layer in range(spec.num_layers):
         pairs = {short: read(layer_hf_name(short, layer, spec)) for short in spec.layer_tensors}
         layer_w = ({s: b for s, (b, _) in pairs.items()}, {s: k for s, (_, k) in pairs.items()}, {})
-        coefs = {n: v[None][:, table[layer]] for n, v in values.items()}
-        merged = _merge_layer(model, layer_w, coefs, key_data[None], layer)
+        coefs_l = jax.tree.map(lambda x, at=layer: x[at], coefs)
+        merged = _merge_layer(model, layer_w, coefs_l, cand["key"], layer)
         for short in spec.layer_tensors:
             yield layer_hf_name(short, layer, spec), np.asarray(merged[short][0])
     for short in names[1:]:

@@ -111,27 +111,37 @@ class PSModel:
         return self.merge_one(weights["base"][name], weights["sources"][name], params,
                               tensor_key(key_data, name, prng=self.prng), table)
 
-    def _layer_coefs(self, values: dict) -> dict:
-        """{param: [P, G, ...]} -> {param: [L, P, kinds, ...]}: each layer's sets, gathered once."""
+    def global_values(self, cand, name: str) -> dict:
+        """The candidates' values {param: [P, G, ...]} that merge global tensor `name` (a split
+        recipe, ps/split_genome.py, takes the embedding from its left side, the rest from its
+        right)."""
+        del name
+        return cand["values"]
+
+    def layer_coefs(self, cand) -> dict:
+        """{param: [P, G, ...]} -> {param: [L, P, kinds, ...]}: each layer's sets, gathered once
+        (the `coef` that `merge_candidate_layer` receives)."""
         table = jnp.asarray(self.layout.layer_table())
-        return {n: jnp.moveaxis(v[:, table], 1, 0) for n, v in values.items()}
+        return {n: jnp.moveaxis(v[:, table], 1, 0) for n, v in cand["values"].items()}
+
+    def merge_layer_tensor(self, layer_w, name: str, params: dict, key_data, layer):
+        """Tensor `name` of layer `layer` of one candidate merged with `params` (scalars or
+        [K] per source), in the forward dtype."""
+        base, sources, tables = layer_w
+        if self.fused:  # the population kernel, with a population of one
+            one = {n: jnp.asarray(v)[None] for n, v in params.items()}
+            return self.merge_population(base[name], sources[name], one,
+                                         jnp.asarray(key_data)[None], name, layer,
+                                         tables.get(name))[0]
+        return self.merge_one(base[name], sources[name], params,
+                              tensor_key(key_data, name, layer, self.prng), tables.get(name))
 
     def merge_candidate_layer(self, layer_w, coef, key_data, layer) -> dict:
         """Layer `layer` of one candidate: {name: tensor} in the forward dtype."""
-        base, sources, tables = layer_w
-        out = {}
-        for name in self.spec.layer_tensors:
-            params = {n: v[self.layout.kind_of(name)] for n, v in coef.items()}
-            if self.fused:  # the population kernel, with a population of one
-                one = {n: jnp.asarray(v)[None] for n, v in params.items()}
-                out[name] = self.merge_population(base[name], sources[name], one,
-                                                  jnp.asarray(key_data)[None], name, layer,
-                                                  tables.get(name))[0]
-                continue
-            out[name] = self.merge_one(base[name], sources[name], params,
-                                       tensor_key(key_data, name, layer, self.prng),
-                                       tables.get(name))
-        return out
+        return {name: self.merge_layer_tensor(
+                    layer_w, name, {n: v[self.layout.kind_of(name)] for n, v in coef.items()},
+                    key_data, layer)
+                for name in self.spec.layer_tensors}
 
     def merge_layer(self, layer_w, coefs_l, keys, layer) -> dict:
         """Layer `layer` for every candidate: {name: [P, ...]}, merged `merge_batch` candidates
@@ -143,7 +153,7 @@ class PSModel:
     def _layer_inputs(self, weights, cand):
         tables = weights["tables"].get("layers", {}) if self.uses_tables else {}
         layers = (weights["base"]["layers"], weights["sources"]["layers"], tables)
-        return (layers, self._layer_coefs(cand["values"]), sliding_flags(self.spec),
+        return (layers, self.layer_coefs(cand), sliding_flags(self.spec),
                 jnp.arange(self.spec.num_layers))
 
     # ---- the population model interface -------------------------------------------------
@@ -153,12 +163,12 @@ class PSModel:
         index = jnp.broadcast_to(jnp.arange(tokens_bs.shape[1]), tokens_bs.shape)
         ctx = make_context(spec, positions, mask_bs, index)
 
-        def embed_one(args):
-            values, key_data = args
-            table = self.merge_global(weights, values, key_data, "embed")
+        def embed_one(one):
+            table = self.merge_global(weights, self.global_values(one, "embed"), one["key"],
+                                      "embed")
             return with_image(embed_tokens({"embed": table}, spec, tokens_bs), image)
 
-        h = jax.lax.map(embed_one, (cand["values"], cand["key"]), batch_size=self.global_batch)
+        h = jax.lax.map(embed_one, cand, batch_size=self.global_batch)
 
         def step(h_pbsd, xs):
             layer_w, coefs_l, is_sliding, layer = xs
@@ -174,21 +184,20 @@ class PSModel:
         h, _ = jax.lax.scan(step, h, self._layer_inputs(weights, cand))
         return h
 
-    def _head_params(self, weights, values, key_data) -> dict:
-        params = {"final_norm": self.merge_global(weights, values, key_data, "final_norm"),
-                  "embed": None}
+    def _head_params(self, weights, one) -> dict:
+        """The final norm and the head of one candidate (`one`: its slice of `cand`)."""
+        merge = lambda name: self.merge_global(  # noqa: E731
+            weights, self.global_values(one, name), one["key"], name)
         head = "embed" if self.spec.tie_word_embeddings else "lm_head"
-        params[head] = self.merge_global(weights, values, key_data, head)
-        return params
+        return {"final_norm": merge("final_norm"), "embed": None, head: merge(head)}
 
     def head_map(self, weights, cand, h_pbsd, fn):
         def one(args):
-            values, key_data, h_bsd = args
-            logits = unembed(self._head_params(weights, values, key_data), self.spec, h_bsd)
+            cand_one, h_bsd = args
+            logits = unembed(self._head_params(weights, cand_one), self.spec, h_bsd)
             return fn(logits)
 
-        return jax.lax.map(one, (cand["values"], cand["key"], h_pbsd),
-                           batch_size=self.global_batch)
+        return jax.lax.map(one, (cand, h_pbsd), batch_size=self.global_batch)
 
     def merged_layers(self, weights, cand) -> dict:
         """Every layer of every candidate merged once: {name: [L, P, ...]} in the forward dtype
@@ -202,9 +211,10 @@ class PSModel:
     def generate(self, weights, cand, tokens_bs, mask_bs, *, max_new_tokens: int,
                  eos_ids: tuple[int, ...], pad_id: int, image=None):
         spec = self.spec
-        heads = jax.vmap(partial(self._head_params, weights))(cand["values"], cand["key"])
+        heads = jax.vmap(partial(self._head_params, weights))(cand)
         embeds = heads["embed"] if spec.tie_word_embeddings else jax.vmap(
-            partial(self.merge_global, weights, name="embed"))(cand["values"], cand["key"])
+            lambda one: self.merge_global(weights, self.global_values(one, "embed"), one["key"],
+                                          "embed"))(cand)
         layer_inputs = self._layer_inputs(weights, cand)
         if self.generation == "cached":  # merged once here, outside the decode loop
             layer_inputs = (self.merged_layers(weights, cand), layer_inputs[2])

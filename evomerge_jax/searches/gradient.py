@@ -100,6 +100,18 @@ def run_gradient(cfg, *, resume: bool = False, overwrite: bool = False, progress
     mesh = build_mesh(cfg, search, devices, log)
     run_dir = start_run_dir(cfg, resume, overwrite)
     search.load(mesh)
+    if grad.evolve:  # the hybrid: a strategy around Adam (searches/gradient_hybrid.py)
+        from .gradient_hybrid import evolved_mask, run_hybrid
+        if resume:
+            raise ConfigError("search gradient with gradient.evolve does not resume: run it "
+                              "again without --resume (--overwrite)")
+        outer = int(evolved_mask(search.layout, grad.evolve).sum())
+        evaluator = stage_evaluator(cfg, search, tasks, tokenizer,
+                                    cfg.strategy.population_for(outer), mesh, plan, log)
+        best = run_hybrid(cfg, search, tasks, grad, evaluator, run_dir, log=log,
+                          on_generation=on_generation)
+        return finish(cfg, search, evaluator, tasks, tokenizer, best, run_dir, log=log,
+                      export=export)
     evaluator = stage_evaluator(cfg, search, tasks, tokenizer, 1, mesh, plan, log)
     seed = cfg.strategy.seed
     key = candidate_keys(seed, 0, [0])  # the run's masks: one draw, kept

@@ -7,11 +7,19 @@ model being materialised.
 Generation 0 scores the archive: each source alone (when the genome has a per-source `weight`:
 weight 1 on it, 0 on the others, every other gene at the strategy mean), the mean, and draws
 around it (strategy sigma) to fill it. Each later generation breeds `m2n2.children` children (first
-parent by shared fitness, second by attraction, a split point at a layer-group boundary drawn
-uniformly, w uniform in [0, 1]), scores them in one pass on the whole fitness split (every
-example is a resource: each task's per-example scores times its weight), and inserts them one by
-one, each replacing the archive's worst by shared fitness when it beats it. Evaluations spent:
-archive_size + (generations − 1) · children.
+parent by shared fitness, second by attraction, w uniform in [0, 1], then gaussian mutation of
+`m2n2.mutation_rate` of the genes by N(0, mutation_scale²)), scores them in one pass on the whole
+fitness split (every example is a resource: each task's per-example scores times its weight), and
+inserts them one by one, each replacing the archive's worst by shared fitness when it beats it.
+Evaluations spent: archive_size + (generations − 1) · children.
+
+Split points. `m2n2.split: layer` (default): a layer-group boundary drawn uniformly; the child is
+a PS genome. `split: parameter`: a boundary gene drawn uniformly over the flattened model, so it
+may fall inside a layer and inside a tensor; the child is a split recipe (ps/split_genome.py):
+[w·A + (1 − w)·B | (1 − w)·A + w·B | boundary], where a parent that is itself a split recipe
+enters as its projection (each group the parameter-weighted mean of its two sides). The pass
+scores split recipes exactly (the cut tensor takes each element from its side); mutation moves
+the two recipes' genes, not the boundary.
 
 As PS, each generation's top weighted task sum is scored on validation and the best there is the
 run's result (best.json, best/). Randomness: generation g draws from numpy's generator seeded
@@ -36,7 +44,8 @@ from ..fileio import atomic_write_text
 from ..parallel.distributed import barrier, is_main
 from ..parallel.seeds import candidate_keys
 from ..ps.genome import clip
-from ..ps.search import ps_parts
+from ..ps.search import ps_parts, ps_search_for
+from ..ps.split_search import SplitSearch
 from .own_loop import append_log, keep_best, load_state, save_state, validate_top
 from .stage import build_mesh, check_mesh, finish, saved_plan, stage_evaluator, start_run_dir
 
@@ -50,6 +59,9 @@ class M2N2Settings:
     seed: int
     mean: float
     sigma: float
+    split: str = "layer"
+    mutation_rate: float = 0.0
+    mutation_scale: float = 0.0
     notes: tuple[str, ...] = ()
 
     @property
@@ -63,12 +75,26 @@ def prepare_m2n2(cfg, log=print):
     settings)."""
     search, tasks, tokenizer = ps_parts(cfg)
     m, s = cfg.m2n2 or M2N2Section(), cfg.strategy
-    return search, tasks, tokenizer, M2N2Settings(m.archive_size, m.children, m.alpha,
-                                                  s.generations, s.seed, s.mean, s.sigma)
+    if m.split == "parameter":
+        search = SplitSearch(search)
+    return search, tasks, tokenizer, M2N2Settings(
+        m.archive_size, m.children, m.alpha, s.generations, s.seed, s.mean, s.sigma, m.split,
+        m.mutation_rate, m.mutation_scale)
+
+
+def m2n2_search_for(cfg):
+    """The search of a `search: m2n2` config (split recipes under `m2n2.split: parameter`), no
+    weights loaded (for export)."""
+    search = ps_search_for(cfg)
+    return SplitSearch(search) if (cfg.m2n2 or M2N2Section()).split == "parameter" else search
 
 
 def initial_archive(search, settings: M2N2Settings) -> np.ndarray:
-    """The sources alone (per-source `weight` genomes), the mean, then draws around it."""
+    """The sources alone (per-source `weight` genomes), the mean, then draws around it (split
+    recipes: each of these on both sides)."""
+    if isinstance(search, SplitSearch):
+        plain = initial_archive(search.ps, settings)
+        return np.stack([np.concatenate([g, g, np.zeros(1, np.float32)]) for g in plain])
     layout, mean = search.layout, search.initial_mean()
     rows = []
     if "weight" in layout.params and layout.per_source[layout.params.index("weight")]:
@@ -84,18 +110,27 @@ def initial_archive(search, settings: M2N2Settings) -> np.ndarray:
     return clip(np.stack(rows[:settings.archive_size]))[0]
 
 
-def breed(archive: dict, positions, settings: M2N2Settings, generation: int) -> np.ndarray:
-    """`children` genomes from the archive by competition, attraction and crossover."""
+def breed(search, archive: dict, positions, settings: M2N2Settings, generation: int) -> np.ndarray:
+    """`children` genomes from the archive by competition, attraction, crossover and
+    mutation."""
     rng = np.random.default_rng([settings.seed, generation])
     fitness = m2n2.shared_fitness(archive["items"], settings.alpha)
-    splits = int(positions.max()) + 1
+    parameter = isinstance(search, SplitSearch)
+    splits = None if parameter else int(positions.max()) + 1
     out = []
     for _ in range(settings.children):
         first = m2n2.draw(rng, fitness)
         second = m2n2.draw(rng, m2n2.attraction(archive["items"], first), exclude=first)
-        split, w = int(rng.integers(0, splits + 1)), float(rng.uniform())
-        out.append(m2n2.crossover(archive["genomes"][first], archive["genomes"][second],
-                                  positions, split, w))
+        a, b = archive["genomes"][first], archive["genomes"][second]
+        if parameter:
+            a, b = search.project(a), search.project(b)
+            boundary, w = float(rng.uniform()), float(rng.uniform())
+            genes = np.concatenate([w * a + (1 - w) * b, (1 - w) * a + w * b])
+        else:
+            split, w = int(rng.integers(0, splits + 1)), float(rng.uniform())
+            genes = m2n2.crossover(a, b, positions, split, w)
+        genes = m2n2.mutate(rng, genes, settings.mutation_rate, settings.mutation_scale)
+        out.append(np.append(genes, boundary) if parameter else genes)
     return clip(np.stack(out))[0]
 
 
@@ -122,9 +157,11 @@ def run_m2n2(cfg, *, resume: bool = False, overwrite: bool = False, progress: bo
     search.load(mesh)
     evaluator = stage_evaluator(cfg, search, tasks, tokenizer, settings.population_size, mesh,
                                 plan, log)
-    positions = m2n2.gene_positions(search.layout)
+    positions = None if isinstance(search, SplitSearch) else m2n2.gene_positions(search.layout)
     log(f"m2n2: archive {settings.archive_size}, {settings.children} children per generation, "
-        f"alpha {settings.alpha}; {search.num_dims} genes, {settings.generations} generations")
+        f"alpha {settings.alpha}, split at a {settings.split} boundary, mutation "
+        f"{settings.mutation_rate} x N(0, {settings.mutation_scale}^2); {search.num_dims} genes, "
+        f"{settings.generations} generations")
     start, archive, best = 0, None, None
     if resume and (run_dir / "m2n2.json").is_file():
         start, archive, best = load_state(run_dir / "m2n2.json", ARCHIVE_DTYPES)
@@ -133,7 +170,7 @@ def run_m2n2(cfg, *, resume: bool = False, overwrite: bool = False, progress: bo
     for generation in range(start, settings.generations):
         began = time.perf_counter()
         genomes = initial_archive(search, settings) if archive is None else breed(
-            archive, positions, settings, generation)
+            search, archive, positions, settings, generation)
         keys = candidate_keys(settings.seed, generation, range(len(genomes)))
         scores, per_task = evaluator.split_items(genomes, keys, "fitness")
         items, total = item_matrix(tasks, per_task), combine(tasks, scores)

@@ -17,21 +17,23 @@ from ..arch import ModelSpec
 from ..sources import source_config, source_reader
 from ..dfs.search import check_dfs_models, dfs_sources
 from ..errors import CheckpointError, ConfigError
-from ..evolve.config_sections import DFSSection, MeshSection
+from ..evolve.config_sections import DFSSection, GradientSection, MeshSection
 from ..evolve.evaluate import available_memory
 from ..evolve.task_types import TASK_TYPES
 from ..evolve.task_data import pad_to
 from ..evolve.tasks import load_task, load_tokenizer
 from ..evolve.vision import tokenizer_dir, vision_for
 from ..fileio import parse_size
-from ..evolve.method_genes import uses_tables
+from ..evolve.method_genes import method_parameters, uses_tables
 from ..parallel.memory_model import (DTYPE_BYTES, F32, Bytes, GiB, TaskShape, Workload,
                                      choose_chunk, dfs_candidate_bytes, generation_mode,
-                                     model_elements, pass_bytes, ps_candidate_bytes, shape_of,
+                                     gradient_step_bytes, model_elements, pass_bytes,
+                                     ps_candidate_bytes, shape_of,
                                      shared_merge_bytes, workloads)
 from ..parallel.mesh import mesh_sizes
 from ..ps.genome import make_layout
 from ..ps.search import check_models
+from .gradient_hybrid import evolved_mask
 from .ps_dfs import stage_configs
 
 
@@ -58,6 +60,8 @@ class MemoryPlan:
     problem: str | None = None         # why it does not fit, and what to change
     lines: dict = field(default_factory=dict)
     generation: str | None = None      # PS generate tasks: "cached" or "remerge" (None: neither)
+    gradient: Workload | None = None   # search gradient: the batch of one step
+    gradient_step: int = 0             # its forward + backward temporaries (beside the weights)
 
     @property
     def chunk(self) -> int:
@@ -70,8 +74,10 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        """The peak: the larger of the two phases, each with the resident weights."""
-        return max(sum(v[0] for v in self.lines.values()), sum(v[1] for v in self.lines.values()))
+        """The peak: the larger of the two phases (and of a gradient step), each with the
+        resident weights."""
+        return max(sum(v[0] for v in self.lines.values()), sum(v[1] for v in self.lines.values()),
+                   self.weights + self.tables + self.gradient_step)
 
 
 def plan_lines(weights: int, tables: int, shared: int, scan: Bytes, glob: Bytes, local: int,
@@ -152,10 +158,7 @@ class _Stage:
 
 
 def _stage(cfg, a_stand_in=None) -> _Stage:
-    if cfg.search == "gradient":
-        raise ConfigError("evomerge plan does not plan search gradient yet (its backward pass's "
-                          "memory is not modelled)")
-    if cfg.search in ("ps", "pareto", "m2n2"):  # PS's genome and population pass
+    if cfg.search in ("ps", "pareto", "m2n2", "gradient"):  # PS's genome and population pass
         spec, hf_config = check_models(cfg)
         k = len(cfg.models)
         return _Stage(spec, k, uses_tables(cfg.merge.method), 0,
@@ -200,6 +203,10 @@ def plan_memory(cfg, devices: int | None = None, device_memory: int | str | None
     population = cfg.strategy.population_for(stage.genes)
     if cfg.search == "m2n2":  # its archive (generation 0) or its children per pass
         population = max(cfg.m2n2.archive_size, cfg.m2n2.children) if cfg.m2n2 else 8
+    if cfg.search == "gradient":  # one candidate: the step's program, and validation passes
+        hybrid = (cfg.gradient or GradientSection()).evolve  # a strategy's population around it
+        population = cfg.strategy.population_for(int(evolved_mask(
+            make_layout(cfg, stage.sources, stage.spec.num_layers), hybrid).sum())) if hybrid else 1
     shapes, task_notes = _task_shapes(cfg, stage.tokenizer,
                                       stage.hf_config.get("max_position_embeddings"), seq_len)
 
@@ -221,13 +228,43 @@ def plan_memory(cfg, devices: int | None = None, device_memory: int | str | None
                          "with its merged layers kept does not fit")
     weights, tables, shared, scan, glob, local, gb, fits = result = fit(m, dtype, shapes)
     problem = None if fits else _advice(cfg, device_memory, (pop, m), dtype, shapes, fit, result)
+    step, step_bytes = None, 0
+    if cfg.search == "gradient":
+        step = gradient_workload(cfg, shapes)
+        sparsified = "density" in method_parameters(cfg.merge.method)
+        step_bytes = gradient_step_bytes(stage.spec, stage.sources, step, m, sparsified)
+        if problem is None and weights + tables + step_bytes > device_memory:
+            fits, problem = False, _gradient_advice(cfg, device_memory, (pop, m), weights + tables,
+                                                    step_bytes, step)
     plan = MemoryPlan(cfg.search, devices, (pop, m), device_memory, dtype, population,
                       workloads(shapes), tuple(notes + task_notes), weights, tables, shared, scan,
                       glob, local, gb, fits, problem,
-                      plan_lines(weights, tables, shared, scan, glob, local, gb), generation)
+                      plan_lines(weights, tables, shared, scan, glob, local, gb), generation,
+                      step, step_bytes)
     if check and problem:
         raise ConfigError(problem)
     return plan
+
+
+def gradient_workload(cfg, shapes) -> Workload:
+    """The batch of one gradient step: `gradient.batch` rows of every task (default its
+    batch_size), padded to the longest task's rows."""
+    batch = (cfg.gradient or GradientSection()).batch
+    return Workload(sum(batch or s.cfg.batch_size for s in shapes),
+                    max(s.seq_len for s in shapes))
+
+
+def _gradient_advice(cfg, device_memory, mesh, resident, step_bytes, step) -> str:
+    fixes = ["a smaller gradient.batch (rows per task per step)"]
+    if (cfg.compute.dtype or "float32") == "float32":
+        fixes.append("compute.dtype: bfloat16")
+    fixes += [f"a model axis of {2 * mesh[1]} (--mesh {mesh[0]}x{2 * mesh[1]})",
+              "devices with more memory"]
+    return (f"gradient does not fit on mesh {mesh[0]}x{mesh[1]}: one step ({step.rows} rows x "
+            f"{step.seq} tokens, forward and backward through the merge) needs "
+            f"{_gib(step_bytes)} beyond the {_gib(resident)} of weights, more than the "
+            f"{_gib(device_memory - resident)} free of {_gib(device_memory)}; to fit, use "
+            + "; or ".join(fixes))
 
 
 def plan_stages(cfg, devices=None, device_memory=None, mesh=None, **options) -> list[MemoryPlan]:
@@ -312,6 +349,10 @@ def plan_table(plan: MemoryPlan):
     modes = {"cached": "cached (every layer merged once per call, reused by all decode steps)",
              "remerge": "remerge (every layer re-merged at each decode step)"}
     generation = [f"generation: {modes[plan.generation]}"] if plan.generation else []
+    if plan.gradient is not None:
+        generation.append(f"gradient step (one candidate, forward + backward through the merge, "
+                          f"{plan.gradient.rows} x {plan.gradient.seq}): "
+                          f"{plan.gradient_step / scale:.3f} {unit} beside the weights")
     table.caption = "\n".join([verdict, f"batches (rows x tokens): {batches}", *generation,
                                *plan.notes])
     return table

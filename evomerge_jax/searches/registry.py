@@ -12,7 +12,7 @@ from typing import Callable
 from ..dfs.search import dfs_search_for, prepare_dfs
 from ..ps.search import prepare_ps, ps_search_for
 from .gradient import prepare_gradient, run_gradient
-from .m2n2 import prepare_m2n2, run_m2n2
+from .m2n2 import m2n2_search_for, prepare_m2n2, run_m2n2
 from .pareto import prepare_pareto, run_pareto
 from .ps_dfs import evolve_ps_dfs, prepare_ps_dfs
 
@@ -43,5 +43,6 @@ SEARCHES: dict[str, SearchEntry] = {
                             prepare_gradient, ps_search_for, run=run_gradient),
     "m2n2": SearchEntry("m2n2", "M2N2 (Sakana, GECCO 2025): an archive of PS recipes bred by "
                         "split-point crossover, resource competition per example and "
-                        "attraction-based mate choice", prepare_m2n2, ps_search_for, run=run_m2n2),
+                        "attraction-based mate choice", prepare_m2n2, m2n2_search_for,
+                        run=run_m2n2),
 }
