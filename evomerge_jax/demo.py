@@ -11,6 +11,10 @@
    mechanism (`search: dfs`).
 5. Score the merges on test (from their exported dirs), print and save results.md / results.json,
    load the best merge back with transformers and answer one L2 maths question with it.
+6. The L2-maths / L2-general Pareto front of the PS search's genome: the same sources, method,
+   genes, start and budget as step 3, searched by NSGA-II (`search: pareto`) instead of CMA-ES on
+   the sum; its front (chosen on validation, scored on test) goes into the results and
+   pareto.png. It does not take part in choosing `best/`.
 
 Scores are greedy exact match in percent (target words and the end token), as in the zoo's gates.
 """
@@ -23,14 +27,13 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 import yaml
-from rich.table import Table
 from safetensors import safe_open
 
 from .checkpoint import read_config
+from .demo_report import pareto_front, pct, plot_demo, results_markdown, results_table
 from .evolve.config import load_config
-from .evolve.report import print_table, pyplot, read_log
+from .evolve.report import print_table
 from .evolve.tasks import load_tasks, load_tokenizer
 from .fileio import atomic_dir, atomic_write_text
 from .searches.run import evolve
@@ -66,7 +69,7 @@ def _write(path: Path, cfg: dict) -> Path:
 
 
 def _configs(zoo, out: Path, size: dict) -> dict:
-    """The generated evolve configs: eval (scoring only), ps, dfs, ps+dfs."""
+    """The generated evolve configs: eval (scoring only), ps, dfs, ps+dfs, pareto."""
     tasks = [_task(zoo, t, 128) for t in TEST_TASKS]
     # `unrelated` is scored but not merged: with this small a search budget its extra genes cost
     # more validation accuracy than learning its zero weight is worth (measured: 55.5 -> 68.5).
@@ -99,7 +102,13 @@ def _configs(zoo, out: Path, size: dict) -> dict:
                              "include_mean": True},
                 "tasks": dfs_fit, "output_dir": str(out / name), **common}
 
+    # PS's genome and budget, NSGA-II over the two fitness tasks instead of CMA-ES on their sum
+    pareto = {**ps, "search": "pareto", "objectives": list(TEST_TASKS),
+              "strategy": {k: v for k, v in ps["strategy"].items()
+                           if k not in ("name", "include_mean")},
+              "output_dir": str(out / "pareto")}
     return {"eval": _write(out / "configs" / "eval.yml", eval_cfg),
+            "pareto": _write(out / "configs" / "pareto.yml", pareto),
             "ps": _write(out / "configs" / "ps.yml", ps),
             "dfs": _write(out / "configs" / "dfs.yml", dfs("dfs", str(zoo.sources["l2_chat"]))),
             # A is the PS export; the file is written now, the search runs after PS.
@@ -125,10 +134,6 @@ class _Scorer:
         return {s: {t: pct(m["acc"]) for t, m in raw[s].items()} for s in splits}
 
 
-def pct(fraction: float) -> float:
-    return round(100.0 * float(fraction), 1)
-
-
 def model_size(model_dir) -> tuple[int, int]:
     """(layers, parameters) of an HF dir, from config.json and the safetensors headers."""
     root = Path(model_dir)
@@ -149,65 +154,6 @@ def _search(config: Path, log, progress: bool) -> Path:
     """Run one search; its exported best dir."""
     evolve(config, overwrite=True, progress=progress, log=log)
     return Path(yaml.safe_load(config.read_text())["output_dir"]) / "best"
-
-
-def _table(rows: list[dict], title: str):
-    table = Table(title=title)
-    for col, just in [("model", "left"), ("kind", "left"), ("l2_math", "right"),
-                      ("l2_general", "right"), ("layers", "right"), ("parameters", "right")]:
-        table.add_column(col, justify=just)
-    for r in rows:
-        table.add_row(r["name"], r["kind"], f"{r['l2_math']:.1f}", f"{r['l2_general']:.1f}",
-                      str(r["layers"]), f"{r['parameters']:,}")
-    return table
-
-
-def _markdown(rows, meta: dict, gates_text: str, sample: dict) -> str:
-    lines = ["# evomerge demo", "",
-             "Greedy exact match (%) on the held-out test splits.", "",
-             "| model | kind | l2_math | l2_general | layers | parameters |",
-             "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['name']} | {r['kind']} | {r['l2_math']:.1f} | {r['l2_general']:.1f} | "
-              f"{r['layers']} | {r['parameters']:,} |" for r in rows]
-    lines += ["", "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in meta["seconds"].items()), ""]
-    lines += ["Best merge, loaded with transformers:", "",
-              f"- question: `{sample['prompt']}`", f"- expected: `{sample['target']}`",
-              f"- answer: `{sample['answer']}`", ""]
-    lines += ["```", gates_text, "```", ""]
-    return "\n".join(lines)
-
-
-def plot_demo(rows: list[dict], logs: dict, out: Path) -> Path:
-    """results.png: each model's test scores (bars, the paper's Table 1 as a chart), and each
-    search's best fitness and its generation best's validation score per generation."""
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2),
-                                      gridspec_kw={"width_ratios": [1.6, 1]})
-    x = np.arange(len(rows))
-    for offset, col, color in ((-0.2, "l2_math", "tab:blue"), (0.2, "l2_general", "tab:orange")):
-        left.bar(x + offset, [r[col] for r in rows], 0.4, label=col, color=color)
-    left.set_xticks(x, [r["name"].replace(" merge", "") for r in rows], rotation=30, ha="right")
-    left.set_ylabel("greedy exact match, test (%)")
-    left.set_ylim(0, 100)
-    left.legend()
-    left.grid(axis="y", alpha=0.3)
-    for kind, path in logs.items():
-        if not Path(path).is_file():
-            continue
-        lines = read_log(path)
-        gens = [line["generation"] for line in lines]
-        curve = right.plot(gens, [line["fitness"]["best"] for line in lines], label=f"{kind} best")
-        right.plot(gens, [line["generation_best"]["validation"] for line in lines], "o", ms=3,
-                   color=curve[0].get_color(), alpha=0.6)
-    right.set_xlabel("generation")
-    right.set_ylabel("fitness: l2_math + l2_general (dots: validation)")
-    right.legend()
-    right.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "results.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def generate_answer(model_dir, prompt: str, max_new_tokens: int = 16) -> str:
@@ -285,22 +231,31 @@ def run_demo(out="runs/demo", quick: bool = False, seed: int = 0, log=print,
     answer = generate_answer(best_dir, first["prompt"])
     sample = {"model": best_row["name"], "prompt": first["prompt"], "target": first["target"],
               "answer": answer}
+    t = time.time()
+    log("\n== pareto search (the PS genome, NSGA-II over l2_math and l2_general) ==")
+    evolve(configs["pareto"], overwrite=True, progress=progress, log=log)
+    front = pareto_front(out / "pareto")
+    shutil.copyfile(out / "pareto" / "pareto.png", out / "pareto.png")
+    seconds["pareto"] = round(time.time() - t, 1)
     seconds["total"] = round(time.time() - start, 1)
 
     title = f"evomerge demo (seed {seed}{', quick' if quick else ''}): greedy exact match %, test"
-    print_table(_table(rows, title))
+    print_table(results_table(rows, title))
     log(f"best merge ({sample['model']}, exported to {best_dir}), loaded with transformers:")
     log(f"  question: {sample['prompt']}")
     log(f"  expected: {sample['target']}")
     log(f"  answer:   {sample['answer']}")
+    log("pareto front (%, chosen on validation): " + "; ".join(
+        f"K={p['point']} val {p['validation']['l2_math']:.1f}/{p['validation']['l2_general']:.1f}"
+        f" test {p['test']['l2_math']:.1f}/{p['test']['l2_general']:.1f}" for p in front))
     log("wall time (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     results = {"rows": rows, "seconds": seconds, "wall_time_s": seconds["total"],
                "zoo_cached": zoo.cached, "seed": seed, "quick": quick,
-               "best_model": str(best_dir), "sample": sample,
+               "best_model": str(best_dir), "sample": sample, "pareto": front,
                "gates": zoo.gates, "configs": {k: str(v) for k, v in configs.items()}}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / "results.md", _markdown(rows, results, gates_text, sample))
+    atomic_write_text(out / "results.md", results_markdown(rows, results, gates_text, sample))
     plot = plot_demo(rows, {k: Path(yaml.safe_load(Path(c).read_text())["output_dir"]) / "log.jsonl"
-                            for k, c in configs.items() if k != "eval"}, out)
+                            for k, c in configs.items() if k not in ("eval", "pareto")}, out)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'} and {plot}")
     return results

@@ -46,6 +46,22 @@ def test_demo_quick_end_to_end(tmp_path):
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["kind"] for r in results["rows"]][-3:] == ["ps", "dfs", "ps+dfs"]
 
+    # the Pareto front of the PS genome: the run's own pareto.json in percent, no point beaten on
+    # validation by another, both ends of the front its extremes, and its plot copied
+    raw = json.loads((out / "pareto" / "pareto.json").read_text())
+    assert raw["objectives"] == ["l2_math", "l2_general"]
+    front = results["pareto"]
+    assert front and len(front) == len(raw["points"])
+    for p, q in zip(front, raw["points"]):
+        assert p["point"] == q["point"]
+        for split in ("validation", "test"):
+            assert p[split] == {t: round(100 * v, 1) for t, v in q[split].items()}
+    vals = [(q["validation"]["l2_math"], q["validation"]["l2_general"]) for q in raw["points"]]
+    for a in vals:
+        assert not any(b[0] >= a[0] and b[1] >= a[1] and b != a for b in vals), (a, vals)
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Pareto front" in (out / "results.md").read_text()
+
     # the exported best loads in transformers and the printed answer came from it
     import torch
     import transformers
