@@ -27,8 +27,8 @@ from .zoo import build_zoo
 from .zoo.vision_build import QUICK, VisionRecipe, build_vlm
 
 TASKS = ("l2_vqa", "l1_vqa")
-SIZES = {False: {"ps_population": 8, "ps_generations": 8, "dfs_population": 8,
-                 "dfs_generations": 6, "dfs_repeats": 2, "batch": 48, "seeds": (0, 1, 2)},
+SIZES = {False: {"ps_population": 6, "ps_generations": 4, "dfs_population": 6,
+                 "dfs_generations": 3, "dfs_repeats": 2, "batch": 48, "seeds": (0, 1, 2)},
          True: {"ps_population": 4, "ps_generations": 2, "dfs_population": 4,
                 "dfs_generations": 2, "dfs_repeats": 2, "batch": 16, "seeds": (0,)}}
 
@@ -79,14 +79,15 @@ def _scores(model_dir, eval_cfg: Path) -> dict:
 
 def _markdown(rows: list[dict], seconds: dict, seeds) -> str:
     lines = ["# evomerge demo --vlm", "",
-             "Greedy exact match (%) on held-out test pictures; merges: mean over strategy seeds "
-             f"{list(seeds)} (each seed's score in brackets).", "",
+             ("Greedy exact match (%) on held-out test pictures; merges: mean over strategy "
+              f"seeds {list(seeds)} (each seed's score in brackets)."), "",
              "| model | kind | l2_vqa (fitness language) | l1_vqa |", "|---|---|---:|---:|"]
+    def each(r: dict, t: str) -> str:
+        return f" ({', '.join(f'{x:.1f}' for x in r['per_seed'][t])})" if "per_seed" in r else ""
+
     for r in rows:
-        each = lambda t: (f" ({', '.join(f'{x:.1f}' for x in r['per_seed'][t])})"  # noqa: E731
-                          if "per_seed" in r else "")
-        lines.append(f"| {r['name']} | {r['kind']} | {r['l2_vqa']:.1f}{each('l2_vqa')} | "
-                     f"{r['l1_vqa']:.1f}{each('l1_vqa')} |")
+        lines.append(f"| {r['name']} | {r['kind']} | {r['l2_vqa']:.1f}{each(r, 'l2_vqa')} | "
+                     f"{r['l1_vqa']:.1f}{each(r, 'l1_vqa')} |")
     lines += ["", "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()), ""]
     return "\n".join(lines)
 

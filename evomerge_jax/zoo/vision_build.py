@@ -36,7 +36,8 @@ import optax
 from ..checkpoint import load
 from ..fileio import atomic_dir
 from ..model import embed, hidden_states_from_embeds, splice_embeds, unembed
-from . import data, train, vision_world as vw
+from . import data, train
+from . import vision_world as vw
 
 
 @dataclass(frozen=True)
