@@ -93,12 +93,15 @@ def _markdown(rows: list[dict], seconds: dict, seeds) -> str:
 
 
 def run_vlm_demo(out="runs/demo-vlm", quick: bool = False, seed: int = 0, log=print,
-                 progress: bool = True, recipe: VisionRecipe | None = None) -> dict:
+                 progress: bool = True, recipe: VisionRecipe | None = None,
+                 zoo_recipe=None) -> dict:
+    """`recipe` / `zoo_recipe` replace the LLaVA's and the zoo's recipes (tests: micro sizes)."""
     start = time.time()
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     _persistent_compile_cache(out / "jax_cache")
-    zoo = build_zoo(out / "zoo", seed=seed, quick=quick, log=log, progress=progress)
+    zoo = build_zoo(out / "zoo", seed=seed, quick=quick, log=log, progress=progress,
+                    recipe=zoo_recipe)
     seconds = {"zoo": round(time.time() - start, 1)}
     t = time.time()
     llava, tasks = build_vlm(zoo, recipe or (QUICK if quick else VisionRecipe(seed=seed)), log)
