@@ -26,7 +26,8 @@ MICRO_ZOO = dataclasses.replace(
     finetunes=(build.FineTune("l2_chat", ("l2_general",), 20, 3e-3),
                build.FineTune("math_a", ("l1_math",), 20, 3e-3)),
     reference=build.FineTune("both", ("l1_math", "l2_general"), 20, 3e-3), probe_weights=(1.0,))
-MICRO_VLM = VisionRecipe(pictures=256, steps=80, lr=3e-3, vision_hidden=16, vision_layers=1)
+MICRO_VLM = VisionRecipe(pictures=256, steps=80, lr=3e-3, lm_lr=3e-3, vision_hidden=16,
+                         vision_layers=1)
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,8 @@ class VisionRecipe:
     seed: int = 0
     pictures: int = 1000
     steps: int = 300
-    lr: float = 1e-3
+    lr: float = 1e-3      # the projector's peak learning rate
+    lm_lr: float = 2e-4   # the language tower's: small, so its task vector stays small
     batch: int = 32
     seq_len: int = 32
     vision_hidden: int = 32
@@ -134,11 +135,12 @@ _OPT = optax.chain(optax.clip_by_global_norm(1.0),
 
 
 @partial(jax.jit, static_argnames=("spec", "vspec", "image_id"))
-def _step(trainable, opt_state, features, tokens, mask, lr, spec, vspec, image_id):
+def _step(trainable, opt_state, features, tokens, mask, lr, lm_scale, spec, vspec, image_id):
     loss, grads = jax.value_and_grad(_loss)(trainable, spec, vspec, image_id, features, tokens,
                                             mask)
     opt_state[1].hyperparams["learning_rate"] = lr
     updates, opt_state = _OPT.update(grads, opt_state, trainable)
+    updates["language"] = jax.tree.map(lambda u: u * lm_scale, updates["language"])
     return optax.apply_updates(trainable, updates), opt_state, loss
 
 
@@ -160,7 +162,8 @@ def _train(skeleton: Path, base_dir: Path, r: VisionRecipe, log):
         idx, order = order[:r.batch], order[r.batch:]
         trainable, opt_state, loss = _step(
             trainable, opt_state, jnp.asarray(features[idx]), jnp.asarray(tokens[idx]),
-            jnp.asarray(mask[idx]), jnp.float32(lr(step)), base.spec, vspec,
+            jnp.asarray(mask[idx]), jnp.float32(lr(step)), jnp.float32(r.lm_lr / r.lr),
+            base.spec, vspec,
             vspec.image_token_id)
         if step % 50 == 0 or step == r.steps - 1:
             losses.append(float(loss))
