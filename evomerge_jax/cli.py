@@ -107,7 +107,12 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    if args.vlm:
+        from .demo_vlm import run_vlm_demo
+
+        run_vlm_demo(args.out or Path("runs/demo-vlm"), quick=args.quick, seed=args.seed)
+    else:
+        run_demo(args.out or Path("runs/demo"), quick=args.quick, seed=args.seed)
     return 0
 
 
@@ -189,8 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write lm-eval's results JSON here (atomically)")
     evaluate.set_defaults(func=_cmd_eval)
     demo = sub.add_parser("demo", help="the main job: build the demo zoo, evolve merges, compare")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"),
-                      help="output dir (the zoo is built or reused under OUT/zoo)")
+    demo.add_argument("--out", type=Path, default=None,
+                      help="output dir (default runs/demo, with --vlm runs/demo-vlm; the zoo is "
+                           "built or reused under OUT/zoo)")
+    demo.add_argument("--vlm", action="store_true",
+                      help="EvoVLM: merge a tiny LLaVA (L1) with the L2 chat model (demo_vlm.py)")
     demo.add_argument("--quick", action="store_true", help="quick zoo and tiny searches (smoke run)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the zoo (default 0)")
     demo.set_defaults(func=_cmd_demo)
