@@ -221,8 +221,8 @@ def test_gradient_plan_matches_the_compiled_step(world, tmp_path, capsys):
     """search gradient: the plan's peak (weights + one forward-and-backward step through the
     merge) against XLA's buffer assignment of the step's compiled program (within 25%); the
     printed plan shows the step; a device too small for the step is refused with what to change."""
-    from evomerge_jax.evolve.gradient_loss import loss_and_grad, loss_rows
-    from evomerge_jax.searches.gradient import prepare_gradient, step_rows
+    from evomerge_jax.evolve.gradient_loss import loss_and_grad, loss_rows, step_rows
+    from evomerge_jax.searches.gradient import prepare_gradient
 
     data = yaml.safe_load(world.read_text())
     data.update(search="gradient", gradient={"steps": 1, "batch": 6},

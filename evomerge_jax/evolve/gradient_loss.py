@@ -69,3 +69,17 @@ def loss_and_grad(model, loss: str, weights, genome_d, key_2, rows):
         return model.head_map(weights, cand, h, lambda logits: batch_loss(logits, rows, loss))[0]
 
     return jax.value_and_grad(of)(genome_d)
+
+
+def step_rows(tasks, seed: int, step: int, batch: int | None) -> list[np.ndarray]:
+    """Each task's fitness rows of step `step` (a seeded draw of `batch` rows, or all rows in
+    order padded with -1 when the split has no more)."""
+    out = []
+    for i, task in enumerate(tasks):
+        n, size = task.splits["fitness"].size, batch or task.cfg.batch_size
+        if n <= size:
+            out.append(np.concatenate([np.arange(n), np.full(size - n, -1)]))
+        else:
+            rng = np.random.default_rng([seed, i, step])
+            out.append(np.sort(rng.choice(n, size, replace=False)))
+    return out

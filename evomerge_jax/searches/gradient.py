@@ -31,7 +31,7 @@ import optax
 from ..errors import ConfigError
 from ..evolve.config_sections import GradientSection
 from ..evolve.evaluate import combine
-from ..evolve.gradient_loss import loss_and_grad, loss_rows
+from ..evolve.gradient_loss import loss_and_grad, loss_rows, step_rows
 from ..evolve.loop import Best, _truncate_log
 from ..fileio import atomic_write_text
 from ..parallel.distributed import is_main
@@ -56,20 +56,6 @@ def prepare_gradient(cfg, log=print):
                           f"{' or '.join(LOSS_TYPES)}; not {', '.join(wrong)}")
     search, tasks, tokenizer = ps_parts(cfg)
     return search, tasks, tokenizer, settings(cfg)
-
-
-def step_rows(tasks, seed: int, step: int, batch: int | None) -> list[np.ndarray]:
-    """Each task's fitness rows of step `step` (a seeded draw of `batch` rows, or all rows in
-    order padded with -1 when the split has no more)."""
-    out = []
-    for i, task in enumerate(tasks):
-        n, size = task.splits["fitness"].size, batch or task.cfg.batch_size
-        if n <= size:
-            out.append(np.concatenate([np.arange(n), np.full(size - n, -1)]))
-        else:
-            rng = np.random.default_rng([seed, i, step])
-            out.append(np.sort(rng.choice(n, size, replace=False)))
-    return out
 
 
 def _save_state(run_dir, next_step: int, genome, opt_state, best, passes: int) -> None:

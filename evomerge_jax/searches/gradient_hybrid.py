@@ -23,12 +23,11 @@ import optax
 
 from ..errors import ConfigError
 from ..evolve.evaluate import combine
-from ..evolve.gradient_loss import loss_and_grad, loss_rows
+from ..evolve.gradient_loss import loss_and_grad, loss_rows, step_rows
 from ..evolve.loop import _summary
 from ..evolve.strategy import build_strategy, losses
 from ..parallel.seeds import candidate_keys
 from ..ps.genome import clip
-from .gradient import step_rows
 from .own_loop import append_log, keep_best, validate_top
 
 
