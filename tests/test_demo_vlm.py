@@ -4,7 +4,6 @@ transformers' LLaVA (its own processor and greedy `generate`) on the same held-o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -12,20 +11,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from micro_zoo import MICRO
 from PIL import Image
 from safetensors.numpy import load_file
 
-from evomerge_jax.zoo import build, train
 from evomerge_jax.zoo import vision_world as vw
 from evomerge_jax.zoo.vision_build import VisionRecipe
 
-MICRO_ZOO = dataclasses.replace(
-    build.make_recipe(seed=3, quick=True),
-    shape=train.ModelShape(hidden=32, layers=2, heads=2, mlp=64, max_len=64),
-    pretrain_docs=512, pretrain=train.Schedule(30, 3e-3, 32, warmup=5), ft_items=128,
-    finetunes=(build.FineTune("l2_chat", ("l2_general",), 20, 3e-3),
-               build.FineTune("math_a", ("l1_math",), 20, 3e-3)),
-    reference=build.FineTune("both", ("l1_math", "l2_general"), 20, 3e-3), probe_weights=(1.0,))
+MICRO_ZOO = MICRO
 MICRO_VLM = VisionRecipe(pictures=256, steps=80, lr=3e-3, lm_lr=3e-3, vision_hidden=16,
                          vision_layers=1)
 

@@ -13,17 +13,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from micro_zoo import MICRO  # noqa: E402
 
 import evomerge_jax as ej
-from evomerge_jax.zoo import build, data, probe, train, world
-
-MICRO = dataclasses.replace(
-    build.make_recipe(seed=3, quick=True),
-    shape=train.ModelShape(hidden=32, layers=2, heads=2, mlp=64, max_len=64),
-    pretrain_docs=512, pretrain=train.Schedule(30, 3e-3, 32, warmup=5), ft_items=128,
-    finetunes=(build.FineTune("l2_chat", ("l2_general",), 20, 3e-3),
-               build.FineTune("math_a", ("l1_math",), 20, 3e-3)),
-    reference=build.FineTune("both", ("l1_math", "l2_general"), 20, 3e-3), probe_weights=(1.0,))
+from evomerge_jax.zoo import build, data, probe, world
 
 
 @pytest.fixture(scope="module")
