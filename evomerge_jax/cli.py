@@ -53,7 +53,7 @@ def _cmd_evolve(args) -> int:
         if not dist.is_child():  # see distributed.py: the runtime aborts, the parent explains
             return dist.supervise(args.argv, args.process_id, args.coordinator, args.timeout)
         dist.initialize(args.coordinator, args.num_processes, args.process_id,
-                        timeout_s=args.timeout)
+                        timeout_s=args.timeout, heartbeat_s=args.heartbeat)
     try:
         evolve(args.config, resume=args.resume, overwrite=args.overwrite)
     except EvomergeError:
@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     hosts.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
     hosts.add_argument("--timeout", type=int, default=300, metavar="SECONDS",
                        help="how long to wait for every process to join (default 300)")
+    hosts.add_argument("--heartbeat", type=int, default=dist.HEARTBEAT_S, metavar="SECONDS",
+                       help="a peer silent this long later counts as dead (default "
+                            f"{dist.HEARTBEAT_S})")
     evolve.set_defaults(func=_cmd_evolve)
     plan = sub.add_parser(
         "plan", help="bytes per device of an evolve config's pass, without loading weights",

@@ -7,6 +7,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The suite runs in one xdist worker per core (Makefile). torch (the oracle, in process and in the
+# mergekit subprocesses) would start one OpenMP thread per core in each worker, and OpenMP threads
+# that spin-wait for a core the other worker holds are slow: transformers' greedy `generate` of
+# SmolLM2 took 94 s with torch's default 2 threads beside a busy process, 5.8 s with one thread.
+# Set before anything imports torch; subprocesses inherit it. (XLA's CPU threads do not read it.)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from tiny_models import FAMILIES, make_model, save_model  # noqa: E402
 

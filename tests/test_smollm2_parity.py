@@ -52,15 +52,15 @@ def test_greedy_generation_matches_transformers(models):
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "What is 7 times 6?"}],
                                          tokenize=False, add_generation_prompt=True)
     assert chat.startswith("<|im_start|>")  # the model's own template, not a default
-    for texts in ([PROMPTS[0], PROMPTS[1]], [chat]):
-        tokens, mask = _left_padded(tokenizer, texts)
-        new = 24
-        ours = em.generate(ckpt, tokens, new, eos_token_id=tokenizer.eos_token_id,
-                           attention_mask=mask, pad_token_id=tokenizer.pad_token_id)
-        with torch.no_grad():
-            theirs = hf.generate(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
-                                 max_new_tokens=new, do_sample=False,
-                                 eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id).numpy()
-        np.testing.assert_array_equal(ours[:, :theirs.shape[1]], theirs)
-        assert (ours[:, theirs.shape[1]:] == tokenizer.pad_token_id).all()
+    # one batch (one compile): two plain prompts left-padded to the chat prompt's length
+    tokens, mask = _left_padded(tokenizer, [PROMPTS[0], PROMPTS[1], chat])
+    new = 24
+    ours = em.generate(ckpt, tokens, new, eos_token_id=tokenizer.eos_token_id,
+                       attention_mask=mask, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        theirs = hf.generate(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
+                             max_new_tokens=new, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id).numpy()
+    np.testing.assert_array_equal(ours[:, :theirs.shape[1]], theirs)
+    assert (ours[:, theirs.shape[1]:] == tokenizer.pad_token_id).all()

@@ -16,8 +16,8 @@ JAX_NUM_PROCESSES and JAX_PROCESS_ID otherwise. On CPU the collectives run over 
 
 Failure. When a peer dies or cannot be reached, JAX's distributed runtime aborts the process from
 C++ (a fatal log line and a stack trace, no Python exception), after `timeout_s` at start-up or
-`HEARTBEAT_S` of silence later. So `supervise` runs the command in a child process and turns such
-an abort into one `error:` line that says how to go on.
+`heartbeat_s` of silence later (`--heartbeat`). So `supervise` runs the command in a child
+process and turns such an abort into one `error:` line that says how to go on.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ..errors import EvomergeError
 _CHILD = "EVOMERGE_DISTRIBUTED_CHILD"
 _FATAL = re.compile(r"^F\d{4} [\d:.]+\s+\d+ \S+\] (.*)")  # absl's fatal log line
 
-HEARTBEAT_S = 60  # a peer silent this long counts as dead
+HEARTBEAT_S = 60  # by default a peer silent this long counts as dead (`--heartbeat`)
 
 
 class DistributedError(EvomergeError):
@@ -44,7 +44,8 @@ class DistributedError(EvomergeError):
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, timeout_s: int = 300) -> None:
+               process_id: int | None = None, *, timeout_s: int = 300,
+               heartbeat_s: int = HEARTBEAT_S) -> None:
     """Join the run's processes (before any other JAX call). With no coordinator, JAX detects
     the cluster (TPU pod, Slurm, MPI) or reads the JAX_* variables."""
     explicit = (coordinator, num_processes, process_id)
@@ -58,7 +59,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id,
                                    initialization_timeout=timeout_s,
-                                   heartbeat_timeout_seconds=HEARTBEAT_S)
+                                   heartbeat_timeout_seconds=heartbeat_s)
     except Exception as exc:  # noqa: BLE001 - XLA raises several types; all mean the same here
         where = f"the coordinator {coordinator}" if coordinator else "the cluster's coordinator"
         raise DistributedError(f"could not start with {where} within {timeout_s} s "
