@@ -22,10 +22,12 @@ demo: $(STAMP)
 # pytest exits 5 when it collects no test: not a failure of the code. The whole suite includes
 # the demo's end-to-end test (`evomerge demo --quick`, about 100 s here); `make test-demo` runs
 # that one alone. Test files run in TEST_WORKERS processes (pytest-xdist; a file's tests stay in
-# one worker so its module fixtures are built once); each worker peaks near 6 GiB.
+# one worker so its module fixtures are built once; files go out longest first, the order
+# tests/conftest.py gives them, which xdist keeps with --no-loadscope-reorder); each worker peaks
+# near 6 GiB.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 test-demo: $(STAMP)
 	$(PY) -m pytest -q -m demo

