@@ -62,7 +62,7 @@ def _task(zoo, name: str, batch: int, weight: float = 1.0) -> dict:
             "prompt": "{prompt}", "target": " {target}"}
 
 
-def _write(path: Path, cfg: dict) -> Path:
+def write_yaml(path: Path, cfg: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -107,12 +107,14 @@ def _configs(zoo, out: Path, size: dict) -> dict:
               "strategy": {k: v for k, v in ps["strategy"].items()
                            if k not in ("name", "include_mean")},
               "output_dir": str(out / "pareto")}
-    return {"eval": _write(out / "configs" / "eval.yml", eval_cfg),
-            "pareto": _write(out / "configs" / "pareto.yml", pareto),
-            "ps": _write(out / "configs" / "ps.yml", ps),
-            "dfs": _write(out / "configs" / "dfs.yml", dfs("dfs", str(zoo.sources["l2_chat"]))),
+    return {"eval": write_yaml(out / "configs" / "eval.yml", eval_cfg),
+            "pareto": write_yaml(out / "configs" / "pareto.yml", pareto),
+            "ps": write_yaml(out / "configs" / "ps.yml", ps),
+            "dfs": write_yaml(out / "configs" / "dfs.yml",
+                              dfs("dfs", str(zoo.sources["l2_chat"]))),
             # A is the PS export; the file is written now, the search runs after PS.
-            "ps+dfs": _write(out / "configs" / "ps+dfs.yml", dfs("ps+dfs", str(out / "ps" / "best")))}
+            "ps+dfs": write_yaml(out / "configs" / "ps+dfs.yml",
+                                 dfs("ps+dfs", str(out / "ps" / "best")))}
 
 
 class _Scorer:
@@ -171,7 +173,7 @@ def generate_answer(model_dir, prompt: str, max_new_tokens: int = 16) -> str:
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def _persistent_compile_cache(path: Path) -> None:
+def persistent_compile_cache(path: Path) -> None:
     """Keep compiled XLA programs on disk: a second demo run (zoo cached) skips most compiling,
     which on a CPU costs as much as the searches themselves."""
     if jax.config.jax_compilation_cache_dir is None:
@@ -187,7 +189,7 @@ def run_demo(out="runs/demo", quick: bool = False, seed: int = 0, log=print,
     # loader, which resolves relative paths against the YAML's folder, not the working directory.
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _persistent_compile_cache(out / "jax_cache")
+    persistent_compile_cache(out / "jax_cache")
     seconds = {}
     zoo = build_zoo(out / "zoo", seed=seed, quick=quick, log=log, progress=progress)
     seconds["zoo"] = round(time.time() - start, 1)

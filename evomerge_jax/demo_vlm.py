@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .demo import _persistent_compile_cache, _write, pct
+from .demo import persistent_compile_cache, pct, write_yaml
 from .evolve.report import print_table
 from .searches.run import eval_model, evolve
 from .zoo import build_zoo
@@ -65,10 +65,10 @@ def _configs(zoo, llava: Path, tasks: Path, out: Path, size: dict, seed: int) ->
                 "tasks": fit, "output_dir": str(out / f"{name}_s{seed}"), **common}
 
     cfg = out / "configs"
-    return {"eval": _write(cfg / "eval.yml", eval_cfg),
-            "ps": _write(cfg / f"ps_s{seed}.yml", ps),
-            "dfs": _write(cfg / f"dfs_s{seed}.yml", dfs("dfs", str(llava))),
-            "ps+dfs": _write(cfg / f"ps+dfs_s{seed}.yml",
+    return {"eval": write_yaml(cfg / "eval.yml", eval_cfg),
+            "ps": write_yaml(cfg / f"ps_s{seed}.yml", ps),
+            "dfs": write_yaml(cfg / f"dfs_s{seed}.yml", dfs("dfs", str(llava))),
+            "ps+dfs": write_yaml(cfg / f"ps+dfs_s{seed}.yml",
                              dfs("ps+dfs", str(out / f"ps_s{seed}" / "best")))}
 
 
@@ -99,7 +99,7 @@ def run_vlm_demo(out="runs/demo-vlm", quick: bool = False, seed: int = 0, log=pr
     start = time.time()
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _persistent_compile_cache(out / "jax_cache")
+    persistent_compile_cache(out / "jax_cache")
     zoo = build_zoo(out / "zoo", seed=seed, quick=quick, log=log, progress=progress,
                     recipe=zoo_recipe)
     seconds = {"zoo": round(time.time() - start, 1)}
