@@ -30,10 +30,16 @@ def include(tmp_path_factory):
     return write_tasks(tmp_path_factory.mktemp("lm_eval_tasks"))
 
 
+def _local(include):
+    """The include path's tasks alone: lm-eval's thousands of built-in task files take 16 s to
+    index, and these tests use none of them."""
+    return TaskManager(include_path=str(include), include_defaults=False)
+
+
 def _hf(model_dir, include, tasks, **options):
     return lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={model_dir},dtype=float32", device="cpu",
-        batch_size=8, tasks=tasks, task_manager=TaskManager(include_path=str(include)),
+        batch_size=8, tasks=tasks, task_manager=_local(include),
         log_samples=False, **options)
 
 
@@ -77,7 +83,7 @@ def test_chat_template_scores_equal_the_hf_backend(smollm2, include):
         "<|im_start|>assistant\n")
     options = dict(limit=5, apply_chat_template=True)
     ours = lm_eval.simple_evaluate(model=model, tasks=["em_gen"], log_samples=False,
-                                   task_manager=TaskManager(include_path=str(include)), **options)
+                                   task_manager=_local(include), **options)
     theirs = _hf(smollm2, include, ["em_gen"], **options)
     _assert_same_metrics(ours, theirs, ["em_gen"])
     assert model.tokenizer_name == str(smollm2).replace("/", "__")  # lm-eval's cache key

@@ -69,7 +69,7 @@ def _wait(procs) -> list[tuple[int, str, str]]:
 def _config(world, path: Path, **compute):
     return write_config(path, world, [echo_task(world), ppl_task(world)],
                         merge={"method": "task_arithmetic", "evolve": ["weight"]},
-                        strategy={"population_size": 8, "generations": 2, "seed": 0},
+                        strategy={"population_size": 8, "generations": GENERATIONS, "seed": 0},
                         output_dir=str(path.parent / "run"), compute=compute)
 
 
@@ -96,25 +96,62 @@ def _floats(tree, out=None) -> list:
 pytestmark = pytest.mark.slow
 
 
+GENERATIONS = 5
+
+
 @pytest.fixture(scope="module")
 def two_hosts(evolve_world, tmp_path_factory):
+    """Two processes on a 2 x 2 mesh; process 1 is killed (SIGKILL, with its supervised child) once
+    generation 0 is logged; both are then started again with --resume and finish the run, while the
+    single-process reference runs in this process, on its one CPU device. `--heartbeat
+    10`: process 0 gives up on its silent peer after 10 s (60 by default)."""
+    import signal
+    import time
+
     root = tmp_path_factory.mktemp("multihost")
     (root / "two").mkdir()
     cfg = _config(evolve_world, root / "two" / "cfg.yml", mesh={"pop": 2, "model": 2})
     port = _free_port()
-    procs = [_launch(cfg, port, i) for i in (0, 1)]
-    # The single-process reference runs here meanwhile, on this process's one CPU device.
+    first = [_launch(cfg, port, 0, "--heartbeat", "10"),
+             _launch(cfg, port, 1, "--heartbeat", "10", own_group=True)]
+    log = root / "two" / "run" / "log.jsonl"
+    deadline = time.time() + TIMEOUT_S
+    while not (log.is_file() and log.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert log.is_file(), "generation 0 never finished"
+    os.killpg(first[1].pid, signal.SIGKILL)
+    killed = _wait(first[:1])[0]
+    first[1].wait()
+    done = len(log.read_text().splitlines())
+    port = _free_port()
+    resumed = [_launch(cfg, port, i, "--resume") for i in (0, 1)]
     (root / "one").mkdir()
     reference = evolve(_config(evolve_world, root / "one" / "cfg.yml"), progress=False,
                        log=lambda *_: None)
-    outcome = _wait(procs)
-    for rc, _, err in outcome:
-        assert rc == 0, err[-3000:]
-    return root, reference, outcome
+    resumed = _wait(resumed)
+    return root, reference, killed, done, resumed
+
+
+def test_a_peer_killed_mid_run_then_resume(two_hosts):
+    """Process 0 ends with one line saying to rerun with --resume; both processes resumed finish
+    the run with every generation logged once."""
+    root, _, (rc, _, err), done, resumed = two_hosts
+    assert rc == 2, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: process 0: the run's processes lost contact"), err[-2000:]
+    assert last.endswith("rerun every process with --resume")
+    assert 1 <= done < GENERATIONS
+    for code, _, err in resumed:
+        assert code == 0, err[-3000:]
+    lines = [json.loads(x) for x in (root / "two" / "run" / "log.jsonl").read_text().splitlines()]
+    assert [x["generation"] for x in lines] == list(range(GENERATIONS))
 
 
 def test_two_processes_match_one(two_hosts):
-    root, reference, outcome = two_hosts
+    """The interrupted and resumed two-process run gives the single-process run's log, best
+    candidate and exported tensors."""
+    root, reference, _, _, outcome = two_hosts
+    assert all(code == 0 for code, _, _ in outcome)
     two, one = root / "two" / "run", root / "one" / "run"
     log_two, log_one = _log(two), _log(one)
     assert [x["generation_best"]["candidate"] for x in log_two] == (
@@ -146,42 +183,3 @@ def test_a_missing_peer_is_one_line(evolve_world, tmp_path):
                                 "127.0.0.1:"), err
     assert "stack trace" not in err  # the runtime's abort is summed up in that line
     assert not (tmp_path / "run").exists()
-
-
-def test_a_peer_killed_mid_run_then_resume(evolve_world, tmp_path):
-    """Process 1 is killed (SIGKILL, with its child) once generation 0 is logged: process 0 ends
-    with one line saying to rerun with --resume (after the runtime's 60 s heartbeat), and both
-    processes resumed finish the run with every generation logged once. `--heartbeat 10`: process
-    0 gives up on its silent peer after 10 s (60 by default)."""
-    import signal
-    import time
-
-    generations = 8
-    cfg = write_config(tmp_path / "cfg.yml", evolve_world, [ppl_task(evolve_world)],
-                       merge={"method": "task_arithmetic", "evolve": ["weight"]},
-                       strategy={"population_size": 4, "generations": generations, "seed": 0},
-                       output_dir=str(tmp_path / "run"), compute={"mesh": {"pop": 2, "model": 2}})
-    port = _free_port()
-    procs = [_launch(cfg, port, 0, "--heartbeat", "10"),
-             _launch(cfg, port, 1, "--heartbeat", "10", own_group=True)]
-    log = tmp_path / "run" / "log.jsonl"
-    deadline = time.time() + TIMEOUT_S
-    while not (log.is_file() and log.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.2)
-    assert log.is_file(), "generation 0 never finished"
-    os.killpg(procs[1].pid, signal.SIGKILL)
-    ((rc, _, err),) = _wait(procs[:1])
-    procs[1].wait()
-    assert rc == 2, err[-2000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: process 0: the run's processes lost contact"), err[-2000:]
-    assert last.endswith("rerun every process with --resume")
-    done = len(log.read_text().splitlines())
-    assert 1 <= done < generations
-    port = _free_port()
-    outcome = _wait([_launch(cfg, port, i, "--resume") for i in (0, 1)])
-    for code, _, err in outcome:
-        assert code == 0, err[-3000:]
-    lines = [json.loads(x) for x in log.read_text().splitlines()]
-    assert [x["generation"] for x in lines] == list(range(generations))
-    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
