@@ -21,16 +21,17 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collects no test: not a failure of the code. The whole suite includes
 # the demo's end-to-end test (`evomerge demo --quick`, about 100 s here); `make test-demo` runs
-# that one alone. Test files run in TEST_WORKERS processes (pytest-xdist; a file's tests stay in
-# one worker so its module fixtures are built once; files go out longest first, the order
-# tests/conftest.py gives them, which xdist keeps with --no-loadscope-reorder); each worker peaks
-# near 6 GiB.
-TEST_WORKERS ?= 2
+# that one alone (and the VLM demo's, which `make test` skips for time). Test files run in
+# TEST_WORKERS processes (pytest-xdist; three on two cores: one fills the gaps where another waits
+# on a subprocess; a file's tests stay in one worker so its module fixtures are built once; files
+# go out longest first, the order tests/conftest.py gives them, which xdist keeps with
+# --no-loadscope-reorder); each worker peaks near 6 GiB.
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 test-demo: $(STAMP)
-	$(PY) -m pytest -q -m demo
+	EVOMERGE_DEMO_VLM=1 $(PY) -m pytest -q -m demo
 
 # Side-by-side benchmarks (minutes each; bench_merge builds 134M-parameter models).
 bench: $(STAMP)
