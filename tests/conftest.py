@@ -7,10 +7,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# The suite runs in one xdist worker per core (Makefile). torch (the oracle, in process and in the
-# mergekit subprocesses) would start one OpenMP thread per core in each worker, and OpenMP threads
-# that spin-wait for a core the other worker holds are slow: transformers' greedy `generate` of
-# SmolLM2 took 94 s with torch's default 2 threads beside a busy process, 5.8 s with one thread.
+# The suite runs in several xdist workers on few cores (Makefile). torch (the oracle, in process
+# and in the mergekit subprocesses) would start one OpenMP thread per core in each worker, and
+# OpenMP threads that spin-wait for a core another worker holds are slow: transformers' greedy
+# `generate` of SmolLM2 took 94 s with torch's default 2 threads beside a busy process, 5.8 s with
+# one thread.
 # Set before anything imports torch; subprocesses inherit it. (XLA's CPU threads do not read it.)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -63,10 +64,10 @@ def smollm2():
     return path
 
 
-# The suite runs test files in two pytest-xdist workers (`--dist loadfile --no-loadscope-reorder`,
-# Makefile: a file's tests stay on one worker, which takes files in collection order). The longest
-# files go first (seconds of one loaded full run, `pytest --durations=0`), so that the last files
-# to finish are short ones and neither worker waits minutes alone at the end.
+# The suite runs test files in pytest-xdist workers (`--dist loadfile --no-loadscope-reorder`,
+# Makefile: a file's tests stay on one worker, and workers take files in collection order). The
+# longest files go first (seconds of one loaded full run, `pytest --durations=0`), so that the
+# last files to finish are short ones and no worker waits minutes alone at the end.
 FILE_SECONDS = {
     "test_multihost.py": 336, "test_merge_vs_mergekit.py": 292, "test_lm_eval.py": 238,
     "test_demo.py": 198, "test_demo_vlm.py": 176, "test_evolve_strategy.py": 163,
