@@ -183,3 +183,12 @@ def test_a_missing_peer_is_one_line(evolve_world, tmp_path):
                                 "127.0.0.1:"), err
     assert "stack trace" not in err  # the runtime's abort is summed up in that line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_heartbeat_under_one_second_is_refused():
+    """Checked before anything starts JAX's distributed runtime (the CLI prints it in one line,
+    exit 2)."""
+    from evomerge_jax.parallel.distributed import DistributedError, initialize
+
+    with pytest.raises(DistributedError, match="--heartbeat must be at least 1 second, got 0"):
+        initialize("127.0.0.1:1", 2, 0, heartbeat_s=0)

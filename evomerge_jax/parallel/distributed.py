@@ -52,6 +52,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if any(x is not None for x in explicit) and not all(x is not None for x in explicit):
         raise DistributedError("--coordinator, --num-processes and --process-id go together: "
                                "give all three, or --distributed alone to detect the cluster")
+    if heartbeat_s < 1:
+        raise DistributedError(f"--heartbeat must be at least 1 second, got {heartbeat_s}")
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise DistributedError(f"--process-id {process_id} is not in 0..{num_processes - 1}")
     # CPU collectives across processes need gloo; the setting touches nothing but the CPU client.
